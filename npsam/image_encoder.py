@@ -1,0 +1,162 @@
+"""TinyViT image encoder of LiteMedSAM: a (1, 3, 256, 256) image to a (1, 256, 64, 64) image embedding.
+
+Activations are kept channel-last, as (H, W, C) grids or (H*W, C) token matrices, so that every 1x1
+convolution and linear layer is one float32 GEMM. Batch norm is folded into the preceding convolution
+and the attention-bias tables are gathered when the weights are loaded (`npsam.model`), so the functions
+here only read prepared arrays, named after the checkpoint keys they come from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npsam import kernels
+from npsam.config import ModelConfig
+
+__all__ = ["encode_image", "encoder_stages"]
+
+TOKEN_LN_EPS = 1e-5  # nn.LayerNorm default, used inside TinyViT attention and MLP
+NECK_LN_EPS = 1e-6  # SAM's LayerNorm2d in the neck
+
+
+def conv1x1(x, conv):
+    """1x1 convolution (with folded batch norm) on channel-last data: (..., Cin) -> (..., Cout)."""
+    shape = x.shape
+    out = x.reshape(-1, shape[-1]) @ conv["weight"]
+    if "bias" in conv:
+        out += conv["bias"]
+    return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def depthwise3x3(x, conv, stride=1, apply_gelu=False):
+    """Depthwise 3x3 convolution, padding 1, on an (H, W, C) grid."""
+    return kernels.depthwise_conv3x3(x, conv["weight"], conv["bias"], stride, apply_gelu)
+
+
+def gelu(x):
+    kernels.gelu_inplace(x)
+    return x
+
+
+def patch_embed(image, seq):
+    """Stem: two 1x1 Conv2d_BN with a GELU between; (256, 256, 3) -> (256, 256, 64)."""
+    x = gelu(conv1x1(image, seq["0"]))
+    return conv1x1(x, seq["2"])
+
+
+def mbconv(x, conv1, conv2, conv3):
+    """Inverted residual block of stage 0; the last GELU comes after the residual addition."""
+    hidden = gelu(conv1x1(x, conv1))  # (H, W, 4C)
+    hidden = depthwise3x3(hidden, conv2, apply_gelu=True)
+    out = conv1x1(hidden, conv3)  # (H, W, C)
+    out += x
+    return gelu(out)
+
+
+def patch_merging(x, conv1, conv2, conv3, stride):
+    """Downsample between stages: 1x1 conv, GELU, depthwise 3x3 with `stride`, GELU, 1x1 conv (no activation)."""
+    x = gelu(conv1x1(x, conv1))  # (H, W, Cout)
+    x = depthwise3x3(x, conv2, stride=stride, apply_gelu=True)  # (H/stride, W/stride, Cout)
+    return conv1x1(x, conv3)
+
+
+def window_attention(x, attn, num_heads, window):
+    """TinyViT window attention on an (H, W, C) grid, returning the attention output (H, W, C).
+
+    The grid is zero-padded at the bottom and right to multiples of `window` before the layer norm, so the
+    padded tokens become the norm's bias vector and take part as keys and values without a mask. Their
+    qkv projection is the same for every padded token and is precomputed as `padding_qkv`.
+    """
+    height, width, channels = x.shape
+    head_dim = channels // num_heads
+    padded_h = -(-height // window) * window
+    padded_w = -(-width // window) * window
+
+    normed = kernels.layer_norm(x.reshape(-1, channels), attn["norm"]["weight"], attn["norm"]["bias"], TOKEN_LN_EPS)
+    qkv = np.empty((padded_h, padded_w, 3 * channels), dtype=np.float32)
+    qkv[:height, :width] = conv1x1(normed, attn["qkv"]).reshape(height, width, 3 * channels)
+    qkv[height:, :] = attn["padding_qkv"]
+    qkv[:height, width:] = attn["padding_qkv"]
+
+    scale = np.float32(head_dim**-0.5)
+    out = kernels.window_attention(
+        qkv, attn["attention_bias"], height, width, window, num_heads, head_dim, scale
+    )  # (H, W, C), heads concatenated
+    return conv1x1(out, attn["proj"])
+
+
+def mlp(x, norm, fc1, fc2):
+    """Pre-norm MLP: LayerNorm, Linear C->4C, GELU, Linear 4C->C; (L, C) -> (L, C)."""
+    hidden = kernels.layer_norm(x, norm["weight"], norm["bias"], TOKEN_LN_EPS)
+    hidden = gelu(conv1x1(hidden, fc1))
+    return conv1x1(hidden, fc2)
+
+
+def tinyvit_block(x, attn, local_conv, mlp_weights, num_heads, window):
+    """Attention block: x + window attention, then a depthwise conv that replaces x, then x + MLP."""
+    height, width, channels = x.shape
+    x = x + window_attention(x, attn, num_heads, window)
+    x = depthwise3x3(x, local_conv)  # no residual around the local convolution
+    tokens = x.reshape(-1, channels)
+    tokens = tokens + mlp(tokens, **mlp_weights)
+    return tokens.reshape(height, width, channels)
+
+
+def neck(x, weights):
+    """1x1 conv 320->256, LayerNorm2d, 3x3 conv 256->256 (padding 1), LayerNorm2d; (64, 64, 320) -> (64, 64, 256)."""
+    height, width, _ = x.shape
+    x = conv1x1(x, weights["0"])
+    channels = x.shape[-1]
+    x = kernels.layer_norm(x.reshape(-1, channels), weights["1"]["weight"], weights["1"]["bias"], NECK_LN_EPS)
+
+    # 3x3 convolution as one GEMM over the (H*W, 9*C) patch matrix.
+    padded = np.zeros((height + 2, width + 2, channels), dtype=np.float32)
+    padded[1:-1, 1:-1] = x.reshape(height, width, channels)
+    patches = np.empty((height, width, 3, 3, channels), dtype=np.float32)
+    for di in range(3):
+        for dj in range(3):
+            patches[:, :, di, dj] = padded[di : di + height, dj : dj + width]
+    x = patches.reshape(height * width, 9 * channels) @ weights["2"]["weight"]
+
+    x = kernels.layer_norm(x, weights["3"]["weight"], weights["3"]["bias"], NECK_LN_EPS)
+    return x.reshape(height, width, channels)
+
+
+def encoder_stages(image, params, config: ModelConfig):
+    """Run the encoder and yield (stage name, channel-last activation) after each stage, ending with the neck."""
+    x = patch_embed(image, params["patch_embed"]["seq"])
+    yield "patch_embed", x
+
+    for stage, layer in enumerate(params["layers"]):
+        for block in layer["blocks"]:
+            if stage == 0:
+                x = mbconv(x, **block)
+            else:
+                x = tinyvit_block(
+                    x,
+                    block["attn"],
+                    block["local_conv"],
+                    block["mlp"],
+                    config.num_heads[stage],
+                    config.window_sizes[stage],
+                )
+        if "downsample" in layer:
+            x = patch_merging(x, **layer["downsample"], stride=config.downsample_stride(stage))
+        yield f"layers.{stage}", x
+
+    yield "neck", neck(x, params["neck"])
+
+
+def encode_image(input_image: np.ndarray, params, config: ModelConfig) -> np.ndarray:
+    """Encode a preprocessed (1, 3, S, S) float32 image into the (1, 256, S/4, S/4) image embedding."""
+    size = config.image_size
+    if input_image.shape != (1, config.in_chans, size, size) or input_image.dtype != np.float32:
+        raise ValueError(
+            f"image encoder input must be float32 of shape (1, {config.in_chans}, {size}, {size}), "
+            f"got {input_image.dtype} {input_image.shape}; use npsam.preprocessing.preprocess_image first"
+        )
+    image = np.ascontiguousarray(input_image[0].transpose(1, 2, 0))  # (S, S, 3)
+
+    for _, x in encoder_stages(image, params, config):
+        pass
+    return np.ascontiguousarray(x.transpose(2, 0, 1))[None]  # (1, 256, S/4, S/4)
