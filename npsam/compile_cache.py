@@ -14,13 +14,18 @@ __all__ = ["cache_home", "compile_cache_dir", "configure"]
 
 
 def cache_home() -> Path:
-    """Return npsam's per-user cache folder: `$NPSAM_HOME`, else `$XDG_CACHE_HOME/npsam`, else `~/.cache/npsam`."""
-    explicit = os.environ.get("NPSAM_HOME")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "npsam"
+    """Return npsam's per-user cache folder, which may not exist yet.
+
+    `$NPSAM_HOME` if set, else `$XDG_CACHE_HOME/npsam`, else `~/.cache/npsam`.
+    """
+    npsam_home = os.environ.get("NPSAM_HOME")
+    if npsam_home:
+        return Path(npsam_home).expanduser()
+    xdg_cache_home = os.environ.get("XDG_CACHE_HOME")
+    # The XDG base directory specification requires ignoring a relative path.
+    if xdg_cache_home and os.path.isabs(xdg_cache_home):
+        return Path(xdg_cache_home) / "npsam"
+    return Path.home() / ".cache" / "npsam"
 
 
 def compile_cache_dir() -> Path:

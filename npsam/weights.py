@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from npsam import __version__
+from npsam.compile_cache import cache_home
 from npsam.config import MODELS, ModelConfig, expected_state_dict_shapes, get_config
 
 __all__ = [
@@ -375,18 +376,8 @@ def _read_state_dict(file: h5py.File, path: Path, config: ModelConfig) -> dict[s
 
 
 def cache_dir() -> Path:
-    """Return npsam's per-user cache folder.
-
-    `$NPSAM_HOME` if set, else `$XDG_CACHE_HOME/npsam`, else `~/.cache/npsam`. The folder may not exist.
-    """
-    npsam_home = os.environ.get("NPSAM_HOME")
-    if npsam_home:
-        return Path(npsam_home).expanduser()
-    xdg_cache_home = os.environ.get("XDG_CACHE_HOME")
-    # The XDG base directory specification requires ignoring a relative path.
-    if xdg_cache_home and os.path.isabs(xdg_cache_home):
-        return Path(xdg_cache_home) / "npsam"
-    return Path.home() / ".cache" / "npsam"
+    """Return npsam's per-user cache folder (see `npsam.compile_cache.cache_home`)."""
+    return cache_home()
 
 
 def installed_checkpoint_path() -> Path | None:
