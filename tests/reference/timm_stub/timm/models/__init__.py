@@ -1,0 +1,1 @@
+"""Stand-in for `timm.models`: only `layers` and `registry` exist."""
