@@ -158,3 +158,350 @@ def window_attention(qkv, attention_bias, height, width, window, num_heads, head
             for c in range(head_dim):
                 out[row, col, head * head_dim + c] = acc[c]
     return out
+
+
+# ---- Image resizing kernels ----
+#
+# OpenCV 4.10 `cv2.resize(..., interpolation=cv2.INTER_AREA)` of uint8 images, bit for bit, and torch's
+# `F.interpolate(mode="bilinear", align_corners=False)` of float32 logits, fused with the sigmoid > 0.5
+# threshold. The wrappers in `npsam.preprocessing` and `npsam.postprocessing` validate inputs, choose
+# the path and allocate outputs. Images here are (H, W, C) uint8 with any C >= 1.
+
+# Fixed-point scale of OpenCV's linear resize weights (INTER_RESIZE_COEF_BITS = 11).
+_RESIZE_COEF_SCALE = 2048
+
+# Logits at or above this value always pass float32 sigmoid > 0.5. Below it the float32 sigmoid itself
+# decides, because it rounds to exactly 0.5 for 0 < x < 8.94e-8 (checked against torch 2.13).
+_SIGMOID_EXACT_BELOW = np.float32(1e-6)
+
+
+@njit(cache=True)
+def area_weight_table(src_size, dst_size, scale):
+    """Build the INTER_AREA weight table of one axis for a downscale by a non-integer factor.
+
+    `scale` is 1 / (dst_size / src_size) in float64, as OpenCV computes it. Entry k adds
+    `src[src_index[k]] * weight[k]` to `dst[dst_index[k]]`. Entries are sorted by output index and then
+    by source index. Weights are computed in float64 and stored as float32, as OpenCV does.
+    """
+    capacity = 2 * src_size + 2 * dst_size
+    dst_index = np.empty(capacity, np.int64)
+    src_index = np.empty(capacity, np.int64)
+    weight = np.empty(capacity, np.float32)
+    k = 0
+    for d in range(dst_size):
+        start = d * scale
+        end = start + scale
+        cell = min(scale, src_size - start)
+        first = int(math.ceil(start))
+        last = min(int(math.floor(end)), src_size - 1)
+        first = min(first, last)
+
+        # Partly covered source pixel before the first whole one.
+        if first - start > 1e-3:
+            dst_index[k] = d
+            src_index[k] = first - 1
+            weight[k] = np.float32((first - start) / cell)
+            k += 1
+
+        for s in range(first, last):
+            dst_index[k] = d
+            src_index[k] = s
+            weight[k] = np.float32(1.0 / cell)
+            k += 1
+
+        # Partly covered source pixel after the last whole one.
+        if end - last > 1e-3:
+            dst_index[k] = d
+            src_index[k] = last
+            weight[k] = np.float32(min(min(end - last, 1.0), cell) / cell)
+            k += 1
+    return dst_index[:k], src_index[:k], weight[:k]
+
+
+@njit(cache=True, parallel=True)
+def resize_area_general(src, dst, x_dst, x_src, x_weight, y_offsets, y_src, y_weight):
+    """Downscale `src` (H, W, C) uint8 into `dst` (h, w, C) uint8 with INTER_AREA weight tables.
+
+    `y_offsets` (h + 1,) delimits the y-table entries of each output row. Each source row is summed
+    horizontally in float32 in table order, the output row accumulates `weight * row_sum` in float32,
+    and the result is rounded half to even and saturated: the operation order of OpenCV's code.
+    """
+    out_height, out_width, channels = dst.shape
+    for dy in prange(out_height):
+        row_sum = np.zeros((out_width, channels), np.float32)
+        acc = np.zeros((out_width, channels), np.float32)
+        for j in range(y_offsets[dy], y_offsets[dy + 1]):
+            sy = y_src[j]
+            beta = y_weight[j]
+
+            row_sum[:, :] = 0
+            for k in range(x_dst.size):
+                dx = x_dst[k]
+                sx = x_src[k]
+                alpha = x_weight[k]
+                for c in range(channels):
+                    row_sum[dx, c] += np.float32(src[sy, sx, c]) * alpha
+
+            for dx in range(out_width):
+                for c in range(channels):
+                    acc[dx, c] += beta * row_sum[dx, c]
+
+        for dx in range(out_width):
+            for c in range(channels):
+                value = np.rint(acc[dx, c])
+                dst[dy, dx, c] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+
+
+@njit(cache=True, parallel=True)
+def resize_area_integer(src, dst, factor_y, factor_x):
+    """Downscale `src` (H, W, C) uint8 by whole factors into `dst` (H/fy, W/fx, C) uint8 (INTER_AREA).
+
+    This is OpenCV's fast path. A 2x2 block of a 1-, 3- or 4-channel image becomes (sum + 2) >> 2,
+    which rounds half up. Every other block becomes float32(sum) * float32(1 / area), rounded half to
+    even and saturated.
+    """
+    out_height, out_width, channels = dst.shape
+    area = factor_y * factor_x
+    round_half_up = factor_y == 2 and factor_x == 2 and (channels == 1 or channels == 3 or channels == 4)
+    inv_area = np.float32(1.0) / np.float32(area)
+    for dy in prange(out_height):
+        y0 = dy * factor_y
+        for dx in range(out_width):
+            x0 = dx * factor_x
+            for c in range(channels):
+                total = 0
+                for y in range(y0, y0 + factor_y):
+                    for x in range(x0, x0 + factor_x):
+                        total += np.int64(src[y, x, c])
+                if round_half_up:
+                    dst[dy, dx, c] = np.uint8((total + 2) >> 2)
+                else:
+                    value = np.rint(np.float32(total) * inv_area)
+                    dst[dy, dx, c] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+
+
+@njit(cache=True)
+def area_linear_table(src_size, dst_size, scale, inv_scale):
+    """Build one axis of OpenCV's INTER_AREA upscale: source index, 11-bit weights and first border index.
+
+    Output d reads source pixels s = floor(d * scale) and s + 1. The fraction
+    f = float32((d + 1) - (s + 1) * inv_scale) is set to 0 when not positive and otherwise reduced to
+    its fractional part. The weights are round(float32(1 - f) * 2048) and round(f * 2048). Outputs from
+    `border_start` on have s + 1 past the last pixel. For columns, OpenCV reads only pixel s there, with
+    weight 2048. For rows, the caller clamps s + 1 instead, which gives the same result.
+    """
+    index = np.empty(dst_size, np.int64)
+    weight0 = np.empty(dst_size, np.int64)
+    weight1 = np.empty(dst_size, np.int64)
+    border_start = dst_size
+    for d in range(dst_size):
+        s = int(math.floor(d * scale))
+        frac = np.float32((d + 1) - (s + 1) * inv_scale)
+        if frac <= 0:
+            frac = np.float32(0.0)
+        else:
+            frac = frac - np.float32(math.floor(frac))
+
+        if s + 1 >= src_size:
+            border_start = min(border_start, d)
+            if s >= src_size - 1:
+                frac = np.float32(0.0)
+                s = src_size - 1
+
+        index[d] = s
+        weight0[d] = int(np.rint((np.float32(1.0) - frac) * np.float32(_RESIZE_COEF_SCALE)))
+        weight1[d] = int(np.rint(frac * np.float32(_RESIZE_COEF_SCALE)))
+    return index, weight0, weight1, border_start
+
+
+@njit(cache=True)
+def _area_linear_row(src, sy, x_index, x_weight0, x_weight1, x_border_start, out):
+    """Interpolate source row `sy` horizontally into `out` (w, C) int64, in 11-bit fixed point."""
+    out_width, channels = out.shape
+    for dx in range(out_width):
+        sx = x_index[dx]
+        for c in range(channels):
+            if dx < x_border_start:
+                out[dx, c] = (np.int64(src[sy, sx, c]) * x_weight0[dx]
+                              + np.int64(src[sy, sx + 1, c]) * x_weight1[dx])
+            else:
+                out[dx, c] = np.int64(src[sy, sx, c]) * _RESIZE_COEF_SCALE
+
+
+@njit(cache=True, parallel=True)
+def resize_area_upscale(src, dst, x_index, x_weight0, x_weight1, x_border_start,
+                        y_index, y_weight0, y_weight1):
+    """Resize `src` (H, W, C) uint8 into `dst` (h, w, C) uint8 with OpenCV's INTER_AREA upscale rule.
+
+    Rows combine as in OpenCV's SIMD kernel, whose rounding its scalar tail repeats. Each fixed-point
+    row value is shifted right by 4, multiplied by its 11-bit weight and shifted right by 16. The two
+    terms are added, and the sum is rounded as (v + 2) >> 2 and saturated. The textbook rounding
+    (b0 * H0 + b1 * H1 + 2**21) >> 22 differs by 1 on a few percent of the pixels.
+    """
+    in_height = src.shape[0]
+    out_height, out_width, channels = dst.shape
+    for dy in prange(out_height):
+        sy0 = y_index[dy]
+        sy1 = min(sy0 + 1, in_height - 1)
+        row0 = np.empty((out_width, channels), np.int64)
+        row1 = np.empty((out_width, channels), np.int64)
+        _area_linear_row(src, sy0, x_index, x_weight0, x_weight1, x_border_start, row0)
+        _area_linear_row(src, sy1, x_index, x_weight0, x_weight1, x_border_start, row1)
+
+        b0 = y_weight0[dy]
+        b1 = y_weight1[dy]
+        for dx in range(out_width):
+            for c in range(channels):
+                v = (((row0[dx, c] >> 4) * b0) >> 16) + (((row1[dx, c] >> 4) * b1) >> 16)
+                dst[dy, dx, c] = np.uint8(min(max((v + 2) >> 2, 0), 255))
+
+
+@njit(cache=True)
+def fma_float32(a, b, c):
+    """Return a * b + c for float32 values with a single rounding to float32, as a fused multiply-add.
+
+    The product is exact in float64. The float64 sum can round onto the exact midpoint of two float32
+    values. In that case the sum's rounding error, recovered exactly with Knuth's TwoSum, decides the
+    float32 neighbour instead of the tie-to-even rule.
+    """
+    product = np.float64(a) * np.float64(b)
+    addend = np.float64(c)
+    total = product + addend
+    rounded = np.float32(total)
+
+    # TwoSum: total + error == product + addend exactly.
+    addend_part = total - product
+    error = (product - (total - addend_part)) + (addend - addend_part)
+    if error == 0.0 or total == np.float64(rounded):
+        return rounded
+
+    toward = np.float32(np.inf) if total > np.float64(rounded) else np.float32(-np.inf)
+    neighbour = np.nextafter(rounded, toward)
+    if total != (np.float64(rounded) + np.float64(neighbour)) * 0.5:
+        return rounded
+    if error > 0.0:
+        return max(rounded, neighbour)
+    return min(rounded, neighbour)
+
+
+@njit(cache=True)
+def bilinear_table(in_size, out_size):
+    """Build one axis of torch's bilinear resize (align_corners=False): two source indices and weights.
+
+    As in torch 2.13's CPU kernel: scale = float32(in_size) / float32(out_size), the source coordinate
+    scale * (d + 0.5) - 0.5 is rounded once to float32 (torch's build fuses it into one multiply-add),
+    clamped at 0, and split into i0 = floor, i1 = min(i0 + 1, in_size - 1), lambda1 = src - i0 and
+    lambda0 = 1 - lambda1. Equal sizes copy: i0 = i1 = d with weights 1 and 0.
+    """
+    index0 = np.empty(out_size, np.int64)
+    index1 = np.empty(out_size, np.int64)
+    lambda0 = np.empty(out_size, np.float32)
+    lambda1 = np.empty(out_size, np.float32)
+    scale = np.float32(in_size) / np.float32(out_size)
+    for d in range(out_size):
+        if in_size == out_size:
+            index0[d] = d
+            index1[d] = d
+            lambda0[d] = np.float32(1.0)
+            lambda1[d] = np.float32(0.0)
+            continue
+
+        # Exact in float64 (a 24-bit scale times a short half-integer), so one rounding to float32.
+        source = np.float32(np.float64(scale) * (d + 0.5) - 0.5)
+        source = max(source, np.float32(0.0))
+        i0 = min(int(math.floor(source)), in_size - 1)
+        weight = min(max(source - np.float32(i0), np.float32(0.0)), np.float32(1.0))
+        index0[d] = i0
+        index1[d] = i0 + 1 if i0 < in_size - 1 else i0
+        lambda1[d] = weight
+        lambda0[d] = np.float32(1.0) - weight
+    return index0, index1, lambda0, lambda1
+
+
+@njit(cache=True)
+def _bilinear_at(plane, y0, y1, h0, h1, x0, x1, w0, w1):
+    """Interpolate one float32 value in torch's operation order: columns first, then rows, each a fused multiply-add."""
+    top = fma_float32(plane[y0, x0], w0, plane[y0, x1] * w1)
+    bottom = fma_float32(plane[y1, x0], w0, plane[y1, x1] * w1)
+    return fma_float32(top, h0, bottom * h1)
+
+
+@njit(cache=True, parallel=True)
+def resize_bilinear_planes(planes, out, y_index0, y_index1, y_lambda0, y_lambda1,
+                           x_index0, x_index1, x_lambda0, x_lambda1):
+    """Resize each (h, w) float32 plane of `planes` (N, h, w) into `out` (N, H, W) with axis tables."""
+    count, out_height, out_width = out.shape
+    for row in prange(count * out_height):
+        n = row // out_height
+        dy = row % out_height
+        plane = planes[n]
+        y0 = y_index0[dy]
+        y1 = y_index1[dy]
+        h0 = y_lambda0[dy]
+        h1 = y_lambda1[dy]
+        for dx in range(out_width):
+            out[n, dy, dx] = _bilinear_at(plane, y0, y1, h0, h1, x_index0[dx], x_index1[dx],
+                                          x_lambda0[dx], x_lambda1[dx])
+
+
+@njit(cache=True)
+def _sigmoid_above_half(logit):
+    """Return float32 sigmoid(logit) > 0.5, computing the sigmoid only for tiny positive logits."""
+    if not logit > 0:  # also rejects NaN
+        return False
+    if logit >= _SIGMOID_EXACT_BELOW:
+        return True
+    one = np.float32(1.0)
+    return one / (one + np.exp(-logit)) > np.float32(0.5)
+
+
+@njit(cache=True)
+def _classify_cells(logits, height, width):
+    """Classify each cell of 2x2 neighbouring logits in the top-left (height, width) part of `logits`.
+
+    Cell (y, x) covers rows y, min(y + 1, height - 1) and columns x, min(x + 1, width - 1). It is 1 when
+    all four logits are at least `_SIGMOID_EXACT_BELOW`, -1 when all four are at most 0, and 0 otherwise.
+    A bilinear value is a weighted mean of its cell's corners with non-negative weights that sum to 1
+    within float32 rounding, so it cannot change the sign of a cell of class 1 or -1 (NaN gives 0).
+    """
+    cells = np.zeros((height, width), np.int8)
+    for y in range(height):
+        y1 = min(y + 1, height - 1)
+        for x in range(width):
+            x1 = min(x + 1, width - 1)
+            a = logits[y, x]
+            b = logits[y, x1]
+            c = logits[y1, x]
+            d = logits[y1, x1]
+            if min(min(a, b), min(c, d)) >= _SIGMOID_EXACT_BELOW:
+                cells[y, x] = 1
+            elif max(max(a, b), max(c, d)) <= 0:
+                cells[y, x] = -1
+    return cells
+
+
+@njit(cache=True, parallel=True)
+def paint_bilinear_foreground(logits, in_height, in_width, out, label, y_index0, y_index1, y_lambda0, y_lambda1,
+                              x_index0, x_index1, x_lambda0, x_lambda1):
+    """Write `label` into `out` (H, W) where the bilinearly resized logits have sigmoid > 0.5.
+
+    Only the top-left (in_height, in_width) part of `logits` is read, so the crop needs no copy. Pixels
+    whose source cell has a certain sign skip the interpolation. Pixels below the threshold keep
+    their value in `out`. No float buffer of the output size is allocated.
+    """
+    cells = _classify_cells(logits, in_height, in_width)
+    out_height, out_width = out.shape
+    for dy in prange(out_height):
+        y0 = y_index0[dy]
+        y1 = y_index1[dy]
+        h0 = y_lambda0[dy]
+        h1 = y_lambda1[dy]
+        for dx in range(out_width):
+            x0 = x_index0[dx]
+            cell = cells[y0, x0]
+            if cell > 0:
+                out[dy, dx] = label
+            elif cell == 0:
+                value = _bilinear_at(logits, y0, y1, h0, h1, x0, x_index1[dx], x_lambda0[dx], x_lambda1[dx])
+                if _sigmoid_above_half(value):
+                    out[dy, dx] = label
