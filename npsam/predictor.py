@@ -155,7 +155,7 @@ class Predictor:
         for start in range(0, len(boxes_256), DECODE_BATCH_SIZE):
             low_res_logits, _ = self.model.decode_tokens(image_tokens, boxes_256[start : start + DECODE_BATCH_SIZE])
             for offset, logits in enumerate(low_res_logits):
-                labels[self._mask(logits[0])] = start + offset + 1
+                postprocessing.paint_label(labels, logits[0], self.input_size, start + offset + 1)
         return labels
 
     def _mask(self, low_res_logits: np.ndarray) -> np.ndarray:
