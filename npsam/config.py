@@ -15,6 +15,7 @@ __all__ = [
     "MODELS",
     "get_config",
     "expected_state_dict_shapes",
+    "multiply_adds",
 ]
 
 
@@ -294,3 +295,77 @@ def expected_state_dict_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]
     shapes.update(_prompt_encoder_shapes(config))
     shapes.update(_mask_decoder_shapes(config))
     return shapes
+
+
+def _attention_multiply_adds(queries: int, keys: int, dim: int, internal_dim: int) -> int:
+    projections = queries * dim * internal_dim + 2 * keys * dim * internal_dim + queries * internal_dim * dim
+    return projections + 2 * queries * keys * internal_dim  # q k^T, then attention weights times v
+
+
+def _image_encoder_multiply_adds(config: ModelConfig) -> int:
+    size = config.image_size
+    dims = config.embed_dims
+    pixels = size * size
+    total = pixels * config.in_chans * (dims[0] // 2) + pixels * (dims[0] // 2) * dims[0]  # patch embedding
+
+    hidden = dims[0] * config.mbconv_expand_ratio
+    total += config.depths[0] * pixels * (2 * dims[0] * hidden + 9 * hidden)  # MBConv blocks
+
+    for stage in range(1, len(dims)):
+        dim = dims[stage]
+        resolution = config.stage_resolution(stage)
+        window = config.window_sizes[stage]
+        padded = -(-resolution // window) * window
+        windows = (padded // window) ** 2
+        tokens = window * window
+        # The reference projects and attends on the zero-padded grid, so the padded token count is used.
+        attention = padded * padded * dim * 4 * dim + 2 * windows * tokens * tokens * dim
+        local_conv = resolution * resolution * dim * config.local_conv_size**2
+        mlp = 2 * resolution * resolution * dim * config.mlp_ratio * dim
+        total += config.depths[stage] * (attention + local_conv + mlp)
+
+    for stage in range(len(dims) - 1):
+        resolution = config.stage_resolution(stage)
+        merged = resolution // config.downsample_stride(stage)
+        out_dim = dims[stage + 1]
+        total += resolution * resolution * dims[stage] * out_dim + merged * merged * out_dim * (9 + out_dim)
+
+    grid = config.image_embedding_size
+    e = config.prompt_embed_dim
+    total += grid * grid * (dims[-1] * e + 9 * e * e)  # neck: 1x1 and 3x3 convolutions
+    return total
+
+
+def _decoder_multiply_adds(config: ModelConfig, boxes: int) -> int:
+    e = config.prompt_embed_dim
+    reduced = e // config.attention_downsample_rate
+    grid = config.image_embedding_size
+    image_tokens = grid * grid
+    tokens = 1 + config.num_mask_tokens + 2  # IoU token, mask tokens, two box corners
+    features = e // 8
+
+    per_layer = (
+        _attention_multiply_adds(tokens, tokens, e, e)
+        + _attention_multiply_adds(tokens, image_tokens, e, reduced)
+        + 2 * tokens * e * config.decoder_mlp_dim
+        + _attention_multiply_adds(image_tokens, tokens, e, reduced)
+    )
+    transformer = config.decoder_depth * per_layer + _attention_multiply_adds(tokens, image_tokens, e, reduced)
+    upscaling = image_tokens * e * (e // 4) * 4 + 4 * image_tokens * (e // 4) * features * 4
+    hypernetworks = config.num_mask_tokens * (2 * e * e + e * features)
+    masks = config.num_mask_tokens * (4 * grid) ** 2 * features
+    iou_head = (config.iou_head_depth - 1) * e * config.iou_head_hidden_dim + config.iou_head_hidden_dim * config.num_mask_tokens
+    prompt = 2 * 2 * (e // 2) + image_tokens * 2 * (e // 2)  # box corners and the dense positional encoding
+    return boxes * (transformer + upscaling + hypernetworks + masks + iou_head) + prompt
+
+
+def multiply_adds(config: ModelConfig, boxes: int = 1) -> dict[str, int]:
+    """Count the multiply-adds of matrix products and convolutions for one image and `boxes` boxes.
+
+    Counts what the PyTorch reference executes with `multimask_output=False`, which still computes all
+    mask tokens' masks and the IoU head, and pads TinyViT's attention grid. Normalisation layers,
+    activations and softmax are not counted.
+    """
+    encoder = _image_encoder_multiply_adds(config)
+    decoder = _decoder_multiply_adds(config, boxes)
+    return {"image_encoder": encoder, "prompt_and_mask_decoder": decoder, "total": encoder + decoder}

@@ -418,11 +418,85 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
         get_config(name)  # raises the registry's "unknown model name" error
 
     if name != "litemedsam":
-        raise ValueError(
-            f"trained weights for {name!r} are not public. Convert your own checkpoint with "
-            f"`python -m weights_convert CHECKPOINT.pth -o {name}.h5 --model {name}` and pass the .h5 path"
-        )
+        return _cached_random_weights(get_config(name))
     return _cached_litemedsam_weights()
+
+
+# Seed of the untrained weights that `resolve_weights` creates for models without public weights.
+RANDOM_WEIGHTS_SEED = 0
+
+
+def random_state_dict(config: ModelConfig, seed: int = RANDOM_WEIGHTS_SEED) -> dict[str, np.ndarray]:
+    """Draw an untrained state dict for `config`, reproducible from `seed`.
+
+    Convolution and linear weights and biases are uniform in +-1/sqrt(fan_in), like PyTorch's default
+    initialisation, so activations keep a realistic scale. Norm scales, batch norm statistics and
+    attention biases get small random offsets, so that folding and gathering them is exercised.
+    Embeddings and the Fourier-feature matrix are standard normal, as SAM initialises them.
+    """
+    rng = np.random.default_rng(seed)
+    state: dict[str, np.ndarray] = {}
+    shapes = expected_state_dict_shapes(config)
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = np.zeros(shape, dtype=np.int64)
+            continue
+        if key.endswith("running_var"):
+            values = rng.uniform(0.5, 1.5, shape)
+        elif key.endswith("running_mean") or key.endswith("attention_biases"):
+            values = rng.normal(0.0, 0.1, shape)
+        elif key.endswith(".weight") and len(shape) == 1:  # batch norm and layer norm scales
+            values = rng.uniform(0.8, 1.2, shape)
+        elif key.endswith(".bias") and f"{key[:-5]}.weight" in shapes and len(shapes[f"{key[:-5]}.weight"]) == 1:
+            values = rng.normal(0.0, 0.05, shape)  # norm shifts
+        elif "embed" in key or "token" in key or "gaussian" in key:
+            values = rng.normal(0.0, 1.0, shape)
+        else:
+            weight_shape = shapes.get(f"{key[:-5]}.weight", shape) if key.endswith(".bias") else shape
+            fan_in = int(np.prod(weight_shape[1:])) if len(weight_shape) > 1 else weight_shape[0]
+            if "output_upscaling" in key:  # ConvTranspose2d stores (in, out, kh, kw); PyTorch uses out * kh * kw
+                fan_in = int(np.prod(weight_shape)) // weight_shape[0]
+            bound = 1.0 / np.sqrt(fan_in)
+            values = rng.uniform(-bound, bound, shape)
+        state[key] = values.astype(np.float32)
+    return state
+
+
+def _random_weights_description(config: ModelConfig, seed: int) -> str:
+    return f"npsam untrained random weights for {config.to_json()} with seed {seed}"
+
+
+def write_random_weights(path, config: ModelConfig, seed: int = RANDOM_WEIGHTS_SEED) -> Path:
+    """Write untrained seeded weights for `config`, marked `trained=False` in the file."""
+    description = _random_weights_description(config, seed)
+    return write_weights(
+        path,
+        config,
+        random_state_dict(config, seed),
+        source_file=f"random-seed-{seed}",
+        source_sha256=hashlib.sha256(description.encode()).hexdigest(),
+        trained=False,
+    )
+
+
+def _cached_random_weights(config: ModelConfig) -> Path:
+    """Return (creating on first use) the cached untrained weights of a model without public weights.
+
+    Trained SwiftMedSAM weights are not public, so these random weights serve speed measurements and
+    parity checks only; their masks are meaningless.
+    """
+    cached = cache_dir() / "weights" / f"{config.name}-untrained-seed{RANDOM_WEIGHTS_SEED}.h5"
+    expected_sha256 = hashlib.sha256(_random_weights_description(config, RANDOM_WEIGHTS_SEED).encode()).hexdigest()
+    if cached.is_file() and _recorded_source_sha256(cached) == expected_sha256:
+        return cached
+    logger.warning(
+        "trained %s weights are not public; writing seeded random weights (untrained, for speed and parity "
+        "checks only) to %s. Convert your own checkpoint with `python -m weights_convert CHECKPOINT.pth -o "
+        "%s.h5 --model %s` for real masks",
+        config.name, cached, config.name, config.name,
+    )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    return write_random_weights(cached, config)
 
 
 def _cached_litemedsam_weights() -> Path:

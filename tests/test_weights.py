@@ -13,7 +13,7 @@ import pytest
 
 import npsam
 from npsam import weights
-from npsam.config import MODELS, ModelConfig, expected_state_dict_shapes
+from npsam.config import MODELS, ModelConfig, expected_state_dict_shapes, get_config
 from npsam.weights import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -416,14 +416,34 @@ def test_resolve_uses_cache_without_checkpoint(monkeypatch, tmp_path, state_dict
 
 
 @pytest.mark.parametrize("name", ["swiftmedsam-v1", "swiftmedsam-v2"])
-def test_resolve_swiftmedsam_not_public(monkeypatch, tmp_path, name):
+def test_resolve_swiftmedsam_gives_untrained_weights(monkeypatch, tmp_path, caplog, name):
     monkeypatch.setenv("NPSAM_HOME", str(tmp_path))
 
-    with pytest.raises(ValueError) as error:
-        resolve_weights(name)
+    with caplog.at_level(logging.WARNING, logger="npsam.weights"):
+        path = resolve_weights(name)
+    loaded = read_weights(path)
 
-    assert "not public" in str(error.value)
-    assert f"--model {name}" in str(error.value)
+    assert path.parent == tmp_path / "weights"
+    assert "untrained" in path.name
+    assert loaded.trained is False
+    assert loaded.config == get_config(name)
+    assert "not public" in caplog.text
+    assert f"--model {name}" in caplog.text
+    mtime = path.stat().st_mtime_ns
+    assert resolve_weights(name) == path
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_random_weights_are_seeded():
+    config = get_config("swiftmedsam-v2")
+    first = weights.random_state_dict(config, seed=3)
+    again = weights.random_state_dict(config, seed=3)
+    other = weights.random_state_dict(config, seed=4)
+    key = "image_encoder.layers.1.blocks.0.attn.qkv.weight"
+    np.testing.assert_array_equal(first[key], again[key])
+    assert not np.array_equal(first[key], other[key])
+    assert set(first) == set(expected_state_dict_shapes(config))
+    assert all(np.isfinite(value).all() for value in first.values())
 
 
 def test_resolve_unknown_name(tmp_path, monkeypatch):
