@@ -74,8 +74,9 @@ def decode_masks(
         [np.broadcast_to(output_tokens, (batch, *output_tokens.shape)), sparse_prompt_embeddings], axis=1
     )  # (B, T, E)
 
+    # Only the IoU token and mask token 0 are read after the transformer.
     hidden_states, image_tokens = two_way_transformer(
-        image_embeddings, image_pe, tokens, params["transformer"], config.decoder_num_heads
+        image_embeddings, image_pe, tokens, params["transformer"], config.decoder_num_heads, output_tokens=2
     )
     iou_token_out = hidden_states[:, 0]  # (B, E)
     mask_token_out = hidden_states[:, 1]  # (B, E): mask token 0 only (multimask_output=False)

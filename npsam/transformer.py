@@ -2,7 +2,14 @@
 
 Shapes: `queries` (B, T, E) are the output and prompt tokens of B boxes; `keys` are the image tokens,
 either (L, E) shared by every box (the image embedding before the first layer changes it) or (B, L, E).
-Work on shared keys is done once, not once per box.
+
+With T = 7 tokens against L = 4096 image tokens, projecting every image token costs far more than the
+attention itself. The cross-attentions therefore regroup the products so that the image side is
+multiplied by matrices of width heads x T instead of being projected:
+- token to image: q k^T = (q W_k^T) (K + PE)^T and softmax(.) (K W_v) = (softmax(.) K) W_v;
+- image to token: (K W_q) k^T = K (W_q k^T), and softmax(.) v W_out = softmax(.) (v W_out).
+This is the same arithmetic in another order, so results differ from SAM's order only by float32
+rounding. Image tokens shared by all boxes are still projected once, which is cheaper there.
 """
 
 from __future__ import annotations
@@ -46,6 +53,14 @@ def merge_heads(x):
     return np.swapaxes(x, -2, -3).reshape(*lead, tokens, heads * head_dim)
 
 
+def head_weights(weights, num_heads):
+    """Split an (E, D) projection into (heads, E, d) and its bias into (heads, d)."""
+    dim, internal = weights["weight"].shape
+    head_dim = internal // num_heads
+    weight = weights["weight"].reshape(dim, num_heads, head_dim).transpose(1, 0, 2)
+    return weight, weights["bias"].reshape(num_heads, head_dim)
+
+
 def attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
     """SAM attention: project, split heads, softmax(q k^T / sqrt(head dim)) v, merge heads, project out.
 
@@ -62,6 +77,56 @@ def attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
     return linear(merge_heads(out), out_proj)
 
 
+def token_to_image_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
+    """Attention of T tokens (B, T, E) over per-box image tokens k, v (B, L, E), without projecting k and v."""
+    if k.ndim == 2:  # shared image tokens: project them once for all boxes
+        return attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads)
+    batch, tokens, _ = q.shape
+    w_k, b_k = head_weights(k_proj, num_heads)  # (h, E, d), (h, d)
+    w_v, b_v = head_weights(v_proj, num_heads)
+    head_dim = w_k.shape[-1]
+
+    q = split_heads(linear(q, q_proj), num_heads)  # (B, h, T, d)
+    q_keys = q @ np.swapaxes(w_k, -1, -2)  # (B, h, T, E): q W_k^T
+    logits = q_keys.reshape(batch, -1, q_keys.shape[-1]) @ np.swapaxes(k, -1, -2)  # (B, h*T, L)
+    logits = logits.reshape(batch, num_heads, tokens, -1)
+    logits += (q @ b_k[:, :, None])  # (B, h, T, 1): q . b_k
+    logits /= np.float32(np.sqrt(head_dim))
+    weights = softmax(logits)  # (B, h, T, L)
+
+    pooled = weights.reshape(batch, -1, weights.shape[-1]) @ v  # (B, h*T, E): rows of weights sum to 1
+    out = pooled.reshape(batch, num_heads, tokens, -1) @ w_v + b_v[:, None, :]  # (B, h, T, d)
+    return linear(merge_heads(out), out_proj)
+
+
+def image_to_token_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
+    """Attention of image tokens q ([B,] L, E) over T tokens k, v (B, T, E), without projecting q."""
+    batch, tokens, _ = k.shape
+    k = split_heads(linear(k, k_proj), num_heads)  # (B, h, T, d)
+    v = split_heads(linear(v, v_proj), num_heads)  # (B, h, T, d)
+    head_dim = k.shape[-1]
+    scale = np.float32(1 / np.sqrt(head_dim))
+
+    if q.ndim == 2:  # shared image tokens: project them once for all boxes
+        q_heads = split_heads(linear(q, q_proj), num_heads)  # (h, L, d)
+        logits = q_heads @ np.swapaxes(k, -1, -2)  # (B, h, L, T)
+        logits = np.ascontiguousarray(logits.transpose(0, 2, 1, 3))  # (B, L, h, T)
+    else:
+        w_q, b_q = head_weights(q_proj, num_heads)  # (h, E, d), (h, d)
+        key_maps = w_q @ np.swapaxes(k, -1, -2)  # (B, h, E, T): W_q k^T
+        key_maps = key_maps.transpose(0, 2, 1, 3).reshape(batch, -1, num_heads * tokens)  # (B, E, h*T)
+        logits = (q @ key_maps).reshape(batch, -1, num_heads, tokens)  # (B, L, h, T)
+        logits += (b_q[None, :, None, :] @ np.swapaxes(k, -1, -2)).reshape(batch, 1, num_heads, tokens)
+    logits *= scale
+    weights = softmax(logits)  # (B, L, h, T)
+
+    head_out = out_proj["weight"].reshape(num_heads, head_dim, -1)  # (h, d, E)
+    value_maps = (v @ head_out).reshape(batch, num_heads * tokens, -1)  # (B, h*T, E): v W_out per head
+    out = weights.reshape(batch, -1, num_heads * tokens) @ value_maps  # (B, L, E)
+    out += out_proj["bias"]
+    return out
+
+
 def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads, skip_first_layer_pe):
     """One two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm."""
     # Self-attention of the tokens. The first layer has neither positional encoding nor residual.
@@ -75,7 +140,7 @@ def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads, skip_first_
     # Tokens attend to the image.
     q = queries + query_pe
     k = keys + key_pe
-    queries = queries + attention(q, k, keys, **layer["cross_attn_token_to_image"], num_heads=num_heads)
+    queries = queries + token_to_image_attention(q, k, keys, **layer["cross_attn_token_to_image"], num_heads=num_heads)
     queries = layer_norm(queries, layer["norm2"])
 
     # MLP with ReLU on the tokens.
@@ -85,17 +150,20 @@ def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads, skip_first_
 
     # The image attends to the tokens; from here on the image tokens differ per box.
     k_tokens = queries + query_pe
-    keys = keys + attention(keys + key_pe, k_tokens, queries, **layer["cross_attn_image_to_token"], num_heads=num_heads)
+    keys = keys + image_to_token_attention(
+        keys + key_pe, k_tokens, queries, **layer["cross_attn_image_to_token"], num_heads=num_heads
+    )
     keys = layer_norm(keys, layer["norm4"])
     return queries, keys
 
 
-def two_way_transformer(image_tokens, image_pe, point_tokens, params, num_heads):
+def two_way_transformer(image_tokens, image_pe, point_tokens, params, num_heads, output_tokens=None):
     """Run the decoder transformer.
 
     image_tokens: (L, E) image embedding plus dense prompt embedding, shared by all boxes.
     image_pe: (L, E) dense positional encoding. point_tokens: (B, T, E) output tokens then prompt tokens.
-    Returns the updated tokens (B, T, E) and image tokens (B, L, E).
+    output_tokens: how many leading tokens the caller reads; the final attention skips the others.
+    Returns the updated tokens (B, output_tokens, E) and image tokens (B, L, E).
     """
     queries = point_tokens
     keys = image_tokens
@@ -104,8 +172,10 @@ def two_way_transformer(image_tokens, image_pe, point_tokens, params, num_heads)
             queries, keys, point_tokens, image_pe, layer, num_heads, skip_first_layer_pe=index == 0
         )
 
-    q = queries + point_tokens
+    kept = slice(0, output_tokens)
+    queries = queries[:, kept]
+    q = queries + point_tokens[:, kept]
     k = keys + image_pe
-    queries = queries + attention(q, k, keys, **params["final_attn_token_to_image"], num_heads=num_heads)
+    queries = queries + token_to_image_attention(q, k, keys, **params["final_attn_token_to_image"], num_heads=num_heads)
     queries = layer_norm(queries, params["norm_final_attn"])
     return queries, keys
