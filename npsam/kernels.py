@@ -40,7 +40,7 @@ _EXP_MIN_ARGUMENT = np.float32(-87.0)  # exp(-87) is still a normal float32
 _GELU_CHUNK = 2048
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _gelu_span(flat, start, stop, exponent_bits, tail):
     """Apply GELU to flat[start:stop] in place; the two scratch arrays hold at least stop - start items."""
     one = np.float32(1.0)
@@ -51,7 +51,8 @@ def _gelu_span(flat, start, stop, exponent_bits, tail):
         t = one / (one + _ERF_P * z)
         poly = ((((_ERF_A5 * t + _ERF_A4) * t + _ERF_A3) * t + _ERF_A2) * t + _ERF_A1) * t
         y = max(-z * z, _EXP_MIN_ARGUMENT)
-        n = np.floor(y * _LOG2E + half)
+        exponent = np.int32(y * _LOG2E - half)  # y <= 0, so truncation rounds y * log2(e) to nearest
+        n = np.float32(exponent)
         f = y - n * _LN2_HIGH - n * _LN2_LOW
         e = np.float32(1.9875691500e-4)
         e = e * f + np.float32(1.3981999507e-3)
@@ -60,7 +61,7 @@ def _gelu_span(flat, start, stop, exponent_bits, tail):
         e = e * f + np.float32(1.6666665459e-1)
         e = e * f + np.float32(5.0000001201e-1)
         e = e * f * f + f + one
-        exponent_bits[i] = (np.int32(n) + np.int32(127)) << np.int32(23)
+        exponent_bits[i] = (exponent + np.int32(127)) << np.int32(23)
         tail[i] = poly * e
     scale = exponent_bits[:count].view(np.float32)  # 2**n
     for i in range(count):
@@ -70,7 +71,7 @@ def _gelu_span(flat, start, stop, exponent_bits, tail):
         flat[start + i] = value * half * (one + erf)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, error_model="numpy")
 def gelu_inplace(x):
     """Apply GELU (erf form) to a contiguous float32 array in place."""
     flat = x.reshape(-1)
@@ -82,7 +83,7 @@ def gelu_inplace(x):
         _gelu_span(flat, start, min(start + _GELU_CHUNK, flat.size), exponent_bits, tail)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def layer_norm(x, weight, bias, eps):
     """Normalise each row of a (rows, C) float32 array over its C channels.
 
@@ -107,7 +108,7 @@ def layer_norm(x, weight, bias, eps):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
 def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
     """Depthwise 3x3 convolution with zero padding 1 on an (H, W, C) float32 image.
 
@@ -142,7 +143,7 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
 def window_attention(qkv, attention_bias, height, width, window, num_heads, head_dim, scale):
     """Multi-head attention inside non-overlapping windows of a zero-padded token grid.
 
