@@ -538,7 +538,12 @@ def _weights_status(name: str) -> str:
     from npsam import weights
 
     if name != "litemedsam":
-        return f"no public weights; convert a checkpoint with `npsam convert CHECKPOINT -o {name}.h5 --model {name}`"
+        where = weights.random_weights_path(name)
+        state = f"at {where}" if where.is_file() else f"created in {where.parent} on first use"
+        return (
+            f"UNTRAINED seeded random weights {state} (trained weights are not public; convert your own with "
+            f"`npsam convert CHECKPOINT -o {name}.h5 --model {name}`)"
+        )
     cached = weights.cache_dir() / "weights" / "litemedsam.h5"
     checkpoint = weights.installed_checkpoint_path()
     if cached.is_file():
@@ -564,15 +569,16 @@ def command_info(args: argparse.Namespace) -> int:
 
     import npsam
     from npsam import compile_cache, weights
-    from npsam.config import MODELS
+    from npsam.config import MODELS, multiply_adds
 
     print(
         f"npsam {npsam.__version__} (Python {sys.version.split()[0]}, NumPy {np.__version__}, "
         f"Numba {numba.__version__})"
     )
-    print("models:")
+    print("models (GMAC: multiply-adds for one 256x256 slice and one box, whole model):")
     for name, config in MODELS.items():
-        print(f"  {name:<16} {_parameter_count(config):>10,} parameters  {_weights_status(name)}")
+        gmac = multiply_adds(config)["total"] / 1e9
+        print(f"  {name:<16} {_parameter_count(config):>10,} parameters  {gmac:6.2f} GMAC  {_weights_status(name)}")
     print(f"weights cache: {weights.cache_dir() / 'weights'}")
     print(f"compile cache: {compile_cache.compile_cache_dir()}")
     return 0

@@ -7,7 +7,8 @@ frame, one mask per box, then cropping, bilinear resizing back to the image size
 Box corrections, applied before scaling and documented for users:
 - reversed corners are swapped, so [x_max, y_max, x_min, y_min] means the same box;
 - coordinates outside the image are clipped to the image (a box entirely outside raises an error);
-- a box of zero width or height after clipping raises an error.
+- coordinates are inclusive pixel indices, so x_min == x_max is a box one pixel wide: it is segmented,
+  with a warning in the log, as the challenge pipeline does.
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ def normalize_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
     if clipped.any():
         logger.info("clipped %d box(es) to the image, first: box %d", clipped.sum(), np.flatnonzero(clipped)[0])
 
-    empty = (corrected[:, 2] <= corrected[:, 0]) | (corrected[:, 3] <= corrected[:, 1])
-    if empty.any():
-        index = int(np.flatnonzero(empty)[0])
-        raise ValueError(
-            f"box {index} {array[index].tolist()} has zero width or height inside the image; give "
-            f"x_max > x_min and y_max > y_min"
+    flat = (corrected[:, 2] == corrected[:, 0]) | (corrected[:, 3] == corrected[:, 1])
+    if flat.any():
+        index = int(np.flatnonzero(flat)[0])
+        logger.warning(
+            "%d box(es) have x_min == x_max or y_min == y_max, first: box %d %s; coordinates are inclusive, "
+            "so they are segmented as boxes one pixel wide or high, as the challenge pipeline does",
+            flat.sum(), index, array[index].tolist(),
         )
     return corrected
 

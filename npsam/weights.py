@@ -479,13 +479,18 @@ def write_random_weights(path, config: ModelConfig, seed: int = RANDOM_WEIGHTS_S
     )
 
 
+def random_weights_path(name: str) -> Path:
+    """Return where the cache keeps the seeded untrained weights of model `name`."""
+    return cache_dir() / "weights" / f"{name}-untrained-seed{RANDOM_WEIGHTS_SEED}.h5"
+
+
 def _cached_random_weights(config: ModelConfig) -> Path:
     """Return (creating on first use) the cached untrained weights of a model without public weights.
 
     Trained SwiftMedSAM weights are not public, so these random weights serve speed measurements and
     parity checks only; their masks are meaningless.
     """
-    cached = cache_dir() / "weights" / f"{config.name}-untrained-seed{RANDOM_WEIGHTS_SEED}.h5"
+    cached = random_weights_path(config.name)
     expected_sha256 = hashlib.sha256(_random_weights_description(config, RANDOM_WEIGHTS_SEED).encode()).hexdigest()
     if cached.is_file() and _recorded_source_sha256(cached) == expected_sha256:
         return cached

@@ -293,7 +293,9 @@ def test_info_lists_models_and_caches(capsys):
     assert "6,996,636 parameters" in out
     assert "swiftmedsam-v2" in out
     assert "5,942,388 parameters" in out
-    assert "no public weights" in out
+    assert out.count("UNTRAINED seeded random weights") == 2
+    assert "39.29 GMAC" in out
+    assert "29.80 GMAC" in out
     assert f"compile cache: {compile_cache.compile_cache_dir()}" in out
 
 
