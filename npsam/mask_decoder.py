@@ -55,17 +55,11 @@ def upscale(image_tokens, upscaling, grid_size):
     return x
 
 
-def decode_masks(
-    image_embeddings: np.ndarray,
-    image_pe: np.ndarray,
-    sparse_prompt_embeddings: np.ndarray,
-    params,
-    config: ModelConfig,
-) -> tuple[np.ndarray, np.ndarray]:
+def decode_masks(image_side, sparse_prompt_embeddings: np.ndarray, params, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """Predict one low-resolution mask per box.
 
-    image_embeddings: (L, E) image embedding tokens, plus the dense prompt embedding (no-mask embedding)
-    already added. image_pe: (L, E). sparse_prompt_embeddings: (B, 2, E) box corner tokens.
+    image_side: `transformer.prepare_image_side` of one image's tokens (image embedding plus the dense
+    no-mask embedding) and positional encoding. sparse_prompt_embeddings: (B, 2, E) box corner tokens.
     Returns low_res_logits (B, 1, 256, 256) and iou_predictions (B, 1).
     """
     batch = sparse_prompt_embeddings.shape[0]
@@ -76,7 +70,7 @@ def decode_masks(
 
     # Only the IoU token and mask token 0 are read after the transformer.
     hidden_states, image_tokens = two_way_transformer(
-        image_embeddings, image_pe, tokens, params["transformer"], config.decoder_num_heads, output_tokens=2
+        image_side, tokens, params["transformer"], config.decoder_num_heads, output_tokens=2
     )
     iou_token_out = hidden_states[:, 0]  # (B, E)
     mask_token_out = hidden_states[:, 1]  # (B, E): mask token 0 only (multimask_output=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npsam import image_encoder, mask_decoder, prompt_encoder
+from npsam import image_encoder, mask_decoder, prompt_encoder, transformer
 from npsam.config import ModelConfig
 
 __all__ = ["Model", "load_model", "derive_parameters", "DECODE_BATCH_SIZE"]
@@ -290,16 +290,20 @@ class Model:
         Returns (low_res_logits (B, 1, 256, 256) float32, iou_predictions (B, 1) float32).
         """
         boxes = _check_boxes_256(boxes_256)
-        image_tokens = self.image_tokens(image_embeddings)
+        image_side = self.prepare_image(image_embeddings)
         logits = np.empty((len(boxes), 1, self.config.image_size, self.config.image_size), dtype=np.float32)
         iou = np.empty((len(boxes), 1), dtype=np.float32)
         for start in range(0, len(boxes), batch_size):
             stop = start + batch_size
-            logits[start:stop], iou[start:stop] = self.decode_tokens(image_tokens, boxes[start:stop])
+            logits[start:stop], iou[start:stop] = self.decode_prepared(image_side, boxes[start:stop])
         return logits, iou
 
-    def image_tokens(self, image_embeddings: np.ndarray) -> np.ndarray:
-        """Flatten (1, 256, 64, 64) image embeddings to (4096, 256) tokens plus the dense no-mask embedding."""
+    def prepare_image(self, image_embeddings: np.ndarray) -> dict:
+        """Do the decoder's box-independent work for one image's (1, 256, 64, 64) embeddings, once.
+
+        The result is read by `decode_prepared` for any number of boxes: the image tokens plus the dense
+        no-mask embedding, and the first transformer layer's projections of them.
+        """
         grid = self.config.image_embedding_size
         expected = (1, self.config.prompt_embed_dim, grid, grid)
         if image_embeddings.shape != expected or image_embeddings.dtype != np.float32:
@@ -308,15 +312,19 @@ class Model:
                 f"{image_embeddings.shape}; pass the output of Model.encode"
             )
         tokens = image_embeddings[0].reshape(self.config.prompt_embed_dim, -1).T  # (L, E)
-        return np.ascontiguousarray(tokens + self.params["prompt_encoder"]["no_mask_embed"])
+        prompt = self.params["prompt_encoder"]
+        image_tokens = np.ascontiguousarray(tokens + prompt["no_mask_embed"])
+        return transformer.prepare_image_side(
+            image_tokens, prompt["dense_pe"], self.params["mask_decoder"]["transformer"], self.config.decoder_num_heads
+        )
 
-    def decode_tokens(self, image_tokens: np.ndarray, boxes_256: np.ndarray):
-        """Decode one batch of boxes against image tokens from `image_tokens`."""
+    def decode_prepared(self, image_side: dict, boxes_256: np.ndarray):
+        """Decode one batch of boxes (B, 4) against the output of `prepare_image`."""
         prompt = self.params["prompt_encoder"]
         sparse = prompt_encoder.encode_boxes(
             boxes_256, prompt["gaussian_matrix"], prompt["corner_embeddings"], self.config.image_size
         )
-        return mask_decoder.decode_masks(image_tokens, prompt["dense_pe"], sparse, self.params["mask_decoder"], self.config)
+        return mask_decoder.decode_masks(image_side, sparse, self.params["mask_decoder"], self.config)
 
 
 def _check_boxes_256(boxes) -> np.ndarray:

@@ -153,9 +153,9 @@ class Predictor:
         corrected = normalize_boxes(boxes, self.original_size)
         boxes_256 = preprocessing.scale_boxes_to_256(corrected, self.original_size)
         labels = np.zeros(self.original_size, dtype=label_dtype(len(boxes_256)))
-        image_tokens = self.model.image_tokens(self.features)
+        image_side = self.model.prepare_image(self.features)
         for start in range(0, len(boxes_256), DECODE_BATCH_SIZE):
-            low_res_logits, _ = self.model.decode_tokens(image_tokens, boxes_256[start : start + DECODE_BATCH_SIZE])
+            low_res_logits, _ = self.model.decode_prepared(image_side, boxes_256[start : start + DECODE_BATCH_SIZE])
             for offset, logits in enumerate(low_res_logits):
                 postprocessing.paint_label(labels, logits[0], self.input_size, start + offset + 1)
         return labels

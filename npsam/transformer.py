@@ -18,7 +18,7 @@ import numpy as np
 
 from npsam import kernels
 
-__all__ = ["two_way_transformer"]
+__all__ = ["prepare_image_side", "two_way_transformer"]
 
 LN_EPS = 1e-5
 
@@ -53,6 +53,18 @@ def merge_heads(x):
     return np.swapaxes(x, -2, -3).reshape(*lead, tokens, heads * head_dim)
 
 
+def batched_matmul(a, b):
+    """(B, M, K) @ ([B,] K, N) as one 2D GEMM per batch item.
+
+    NumPy's stacked matmul does not hand transposed operands to BLAS efficiently, while a 2D product
+    of (transposed) views does.
+    """
+    out = np.empty((a.shape[0], a.shape[1], b.shape[-1]), dtype=np.float32)
+    for index in range(a.shape[0]):
+        np.matmul(a[index], b[index] if b.ndim == 3 else b, out=out[index])
+    return out
+
+
 def head_weights(weights, num_heads):
     """Split an (E, D) projection into (heads, E, d) and its bias into (heads, d)."""
     dim, internal = weights["weight"].shape
@@ -77,10 +89,17 @@ def attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
     return linear(merge_heads(out), out_proj)
 
 
+def shared_token_to_image_attention(q, k_heads, v_heads, q_proj, out_proj, num_heads):
+    """Attention of tokens (B, T, E) over image tokens shared by all boxes, given their (h, L, d) k and v heads."""
+    q = split_heads(linear(q, q_proj), num_heads)  # (B, h, T, d)
+    logits = q @ np.swapaxes(k_heads, -1, -2)  # (B, h, T, L)
+    logits /= np.float32(np.sqrt(q.shape[-1]))
+    out = softmax(logits) @ v_heads  # (B, h, T, d)
+    return linear(merge_heads(out), out_proj)
+
+
 def token_to_image_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
     """Attention of T tokens (B, T, E) over per-box image tokens k, v (B, L, E), without projecting k and v."""
-    if k.ndim == 2:  # shared image tokens: project them once for all boxes
-        return attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads)
     batch, tokens, _ = q.shape
     w_k, b_k = head_weights(k_proj, num_heads)  # (h, E, d), (h, d)
     w_v, b_v = head_weights(v_proj, num_heads)
@@ -88,53 +107,95 @@ def token_to_image_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_head
 
     q = split_heads(linear(q, q_proj), num_heads)  # (B, h, T, d)
     q_keys = q @ np.swapaxes(w_k, -1, -2)  # (B, h, T, E): q W_k^T
-    logits = q_keys.reshape(batch, -1, q_keys.shape[-1]) @ np.swapaxes(k, -1, -2)  # (B, h*T, L)
+    logits = batched_matmul(q_keys.reshape(batch, -1, q_keys.shape[-1]), np.swapaxes(k, -1, -2))  # (B, h*T, L)
     logits = logits.reshape(batch, num_heads, tokens, -1)
     logits += (q @ b_k[:, :, None])  # (B, h, T, 1): q . b_k
     logits /= np.float32(np.sqrt(head_dim))
     weights = softmax(logits)  # (B, h, T, L)
 
-    pooled = weights.reshape(batch, -1, weights.shape[-1]) @ v  # (B, h*T, E): rows of weights sum to 1
+    pooled = batched_matmul(weights.reshape(batch, -1, weights.shape[-1]), v)  # (B, h*T, E): rows sum to 1
     out = pooled.reshape(batch, num_heads, tokens, -1) @ w_v + b_v[:, None, :]  # (B, h, T, d)
     return linear(merge_heads(out), out_proj)
 
 
-def image_to_token_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads):
-    """Attention of image tokens q ([B,] L, E) over T tokens k, v (B, T, E), without projecting q."""
+def image_to_token_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_heads, q_heads=None):
+    """Attention of image tokens q ([B,] L, E) over T tokens k, v (B, T, E), without projecting q.
+
+    For image tokens shared by all boxes, `q_heads` (h, L, d) are their projections, computed once.
+    """
     batch, tokens, _ = k.shape
     k = split_heads(linear(k, k_proj), num_heads)  # (B, h, T, d)
     v = split_heads(linear(v, v_proj), num_heads)  # (B, h, T, d)
     head_dim = k.shape[-1]
     scale = np.float32(1 / np.sqrt(head_dim))
 
-    if q.ndim == 2:  # shared image tokens: project them once for all boxes
-        q_heads = split_heads(linear(q, q_proj), num_heads)  # (h, L, d)
+    if q_heads is not None:
         logits = q_heads @ np.swapaxes(k, -1, -2)  # (B, h, L, T)
         logits = np.ascontiguousarray(logits.transpose(0, 2, 1, 3))  # (B, L, h, T)
     else:
         w_q, b_q = head_weights(q_proj, num_heads)  # (h, E, d), (h, d)
         key_maps = w_q @ np.swapaxes(k, -1, -2)  # (B, h, E, T): W_q k^T
         key_maps = key_maps.transpose(0, 2, 1, 3).reshape(batch, -1, num_heads * tokens)  # (B, E, h*T)
-        logits = (q @ key_maps).reshape(batch, -1, num_heads, tokens)  # (B, L, h, T)
+        logits = batched_matmul(q, key_maps).reshape(batch, -1, num_heads, tokens)  # (B, L, h, T)
         logits += (b_q[None, :, None, :] @ np.swapaxes(k, -1, -2)).reshape(batch, 1, num_heads, tokens)
     logits *= scale
     weights = softmax(logits)  # (B, L, h, T)
 
     head_out = out_proj["weight"].reshape(num_heads, head_dim, -1)  # (h, d, E)
     value_maps = (v @ head_out).reshape(batch, num_heads * tokens, -1)  # (B, h*T, E): v W_out per head
-    out = weights.reshape(batch, -1, num_heads * tokens) @ value_maps  # (B, L, E)
+    out = batched_matmul(weights.reshape(batch, -1, num_heads * tokens), value_maps)  # (B, L, E)
     out += out_proj["bias"]
     return out
 
 
-def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads, skip_first_layer_pe):
-    """One two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm."""
-    # Self-attention of the tokens. The first layer has neither positional encoding nor residual.
-    if skip_first_layer_pe:
-        queries = attention(queries, queries, queries, **layer["self_attn"], num_heads=num_heads)
-    else:
-        q = queries + query_pe
-        queries = queries + attention(q, q, queries, **layer["self_attn"], num_heads=num_heads)
+def prepare_image_side(image_tokens, image_pe, params, num_heads):
+    """Compute the box-independent projections of the first layer's cross-attentions once per image.
+
+    image_tokens, image_pe: (L, E). Returns the inputs with the (h, L, d) heads of the token-to-image
+    keys and values and of the image-to-token queries.
+    """
+    layer = params["layers"][0]
+    keys_with_pe = image_tokens + image_pe
+    token_to_image = layer["cross_attn_token_to_image"]
+    image_to_token = layer["cross_attn_image_to_token"]
+    return {
+        "image_tokens": image_tokens,
+        "image_pe": image_pe,
+        "keys_with_pe": keys_with_pe,
+        "k_heads": np.ascontiguousarray(split_heads(linear(keys_with_pe, token_to_image["k_proj"]), num_heads)),
+        "v_heads": np.ascontiguousarray(split_heads(linear(image_tokens, token_to_image["v_proj"]), num_heads)),
+        "q_heads": np.ascontiguousarray(split_heads(linear(keys_with_pe, image_to_token["q_proj"]), num_heads)),
+    }
+
+
+def first_layer(queries, image_side, query_pe, layer, num_heads):
+    """The first two-way block, reading the shared image-side projections of `prepare_image_side`."""
+    queries = attention(queries, queries, queries, **layer["self_attn"], num_heads=num_heads)  # no PE, no residual
+    queries = layer_norm(queries, layer["norm1"])
+
+    token_to_image = layer["cross_attn_token_to_image"]
+    queries = queries + shared_token_to_image_attention(
+        queries + query_pe, image_side["k_heads"], image_side["v_heads"],
+        token_to_image["q_proj"], token_to_image["out_proj"], num_heads,
+    )
+    queries = layer_norm(queries, layer["norm2"])
+
+    hidden = np.maximum(linear(queries, layer["mlp"]["lin1"]), 0)
+    queries = queries + linear(hidden, layer["mlp"]["lin2"])
+    queries = layer_norm(queries, layer["norm3"])
+
+    keys = image_side["image_tokens"] + image_to_token_attention(
+        image_side["keys_with_pe"], queries + query_pe, queries,
+        **layer["cross_attn_image_to_token"], num_heads=num_heads, q_heads=image_side["q_heads"],
+    )  # (B, L, E)
+    keys = layer_norm(keys, layer["norm4"])
+    return queries, keys
+
+
+def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads):
+    """One later two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm."""
+    q = queries + query_pe
+    queries = queries + attention(q, q, queries, **layer["self_attn"], num_heads=num_heads)
     queries = layer_norm(queries, layer["norm1"])
 
     # Tokens attend to the image.
@@ -157,20 +218,18 @@ def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads, skip_first_
     return queries, keys
 
 
-def two_way_transformer(image_tokens, image_pe, point_tokens, params, num_heads, output_tokens=None):
+def two_way_transformer(image_side, point_tokens, params, num_heads, output_tokens=None):
     """Run the decoder transformer.
 
-    image_tokens: (L, E) image embedding plus dense prompt embedding, shared by all boxes.
-    image_pe: (L, E) dense positional encoding. point_tokens: (B, T, E) output tokens then prompt tokens.
+    image_side: the output of `prepare_image_side` for one image, shared by all boxes.
+    point_tokens: (B, T, E) output tokens then prompt tokens.
     output_tokens: how many leading tokens the caller reads; the final attention skips the others.
     Returns the updated tokens (B, output_tokens, E) and image tokens (B, L, E).
     """
-    queries = point_tokens
-    keys = image_tokens
-    for index, layer in enumerate(params["layers"]):
-        queries, keys = two_way_layer(
-            queries, keys, point_tokens, image_pe, layer, num_heads, skip_first_layer_pe=index == 0
-        )
+    image_pe = image_side["image_pe"]
+    queries, keys = first_layer(point_tokens, image_side, point_tokens, params["layers"][0], num_heads)
+    for layer in params["layers"][1:]:
+        queries, keys = two_way_layer(queries, keys, point_tokens, image_pe, layer, num_heads)
 
     kept = slice(0, output_tokens)
     queries = queries[:, kept]
