@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def label_dtype(num_objects: int) -> np.dtype:
-    """Return the smallest unsigned integer dtype that holds labels 0..num_objects."""
+    """Return the smallest unsigned integer dtype that can store labels 0..num_objects."""
     for dtype in (np.uint8, np.uint16, np.uint32):
         if num_objects <= np.iinfo(dtype).max:
             return np.dtype(dtype)
@@ -174,7 +174,7 @@ def segment(image: np.ndarray, box, model: Model | str = "litemedsam") -> np.nda
 
     image: (H, W) grey or (H, W, 3) RGB, uint8. box: [x_min, y_min, x_max, y_max] in pixels, or an (N, 4)
     array of such boxes. One box gives a 0/1 mask; N boxes give labels 1..N in box order, later boxes
-    drawn over earlier ones, in the smallest unsigned dtype that holds N. model: a loaded `Model`, a
+    drawn over earlier ones, in the smallest unsigned dtype that can store N. model: a loaded `Model`, a
     registered model name or the path of a converted .h5 file.
     """
     predictor = Predictor(model if isinstance(model, Model) else _load_model_cached(str(model)))

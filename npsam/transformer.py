@@ -1,7 +1,7 @@
 """SAM's two-way transformer: prompt tokens and image tokens attend to each other.
 
-Shapes: `queries` (B, T, E) are the output and prompt tokens of B boxes; `keys` are the image tokens,
-either (L, E) shared by every box (the image embedding before the first layer changes it) or (B, L, E).
+Shapes: `queries` (B, T, E) are the output and prompt tokens of B boxes. `keys` are the image tokens.
+They are (L, E) and shared by every box until the first layer's image-to-token attention, then (B, L, E).
 
 With T = 7 tokens against L = 4096 image tokens, projecting every image token costs far more than the
 attention itself. The cross-attentions therefore regroup the products so that the image side is
@@ -169,7 +169,7 @@ def prepare_image_side(image_tokens, image_pe, params, num_heads):
 
 
 def first_layer(queries, image_side, query_pe, layer, num_heads):
-    """The first two-way block, reading the shared image-side projections of `prepare_image_side`."""
+    """Run the first two-way block, reading the shared image-side projections of `prepare_image_side`."""
     queries = attention(queries, queries, queries, **layer["self_attn"], num_heads=num_heads)  # no PE, no residual
     queries = layer_norm(queries, layer["norm1"])
 
@@ -193,7 +193,7 @@ def first_layer(queries, image_side, query_pe, layer, num_heads):
 
 
 def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads):
-    """One later two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm."""
+    """Run a later two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm."""
     q = queries + query_pe
     queries = queries + attention(q, q, queries, **layer["self_attn"], num_heads=num_heads)
     queries = layer_norm(queries, layer["norm1"])
