@@ -58,8 +58,8 @@ logger = logging.getLogger("run_results")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 MODEL = "litemedsam"  # the only model with public trained weights, so the only one the reference can check
 DEFAULT_OUTPUT = REPO / "benchmarks" / "RESULTS.md"
-# Reference seconds per encoder run used to predict a case's uncached time before any encoder run
-# was measured; measured on this 2-core machine under load (2.5-5 s per run).
+# Reference seconds per encoder run, used only to predict a case's uncached time before the first
+# encoder run was timed. After that, the median of the timed runs replaces it.
 DEFAULT_ENCODER_SECONDS = 4.0
 
 
@@ -88,6 +88,7 @@ class CaseResult:
     npsam_nsd: float | None = None
     reference_seconds: float | None = None
     reference_seconds_estimated: bool = False
+    reference_cached_seconds: float | None = None  # measured seconds of the cached run behind an estimate
     reference_encoder_runs: int = 0
     reference_dsc: float | None = None
     reference_nsd: float | None = None
@@ -122,7 +123,11 @@ def find_sources(data_dir: Path) -> list[Source]:
         if imgs_dir is None:
             continue
         gts_dir = imgs_dir.parent / "gts"
-        status = "PSEUDO" if folder.name.startswith("PSEUDO") else "NO GT" if folder.name.startswith("NO_GT") else "GT"
+        status = "GT"
+        if folder.name.startswith("PSEUDO"):
+            status = "PSEUDO"
+        elif folder.name.startswith("NO_GT"):
+            status = "NO GT"
         sources.append(Source(folder.name, imgs_dir, gts_dir if gts_dir.is_dir() else None, status))
     return sources
 
@@ -280,6 +285,7 @@ class Reference:
             outside_encoder = seconds - sum(case_encoder_seconds)
             case.reference_seconds = runs * statistics.median(case_encoder_seconds) + outside_encoder
             case.reference_seconds_estimated = True
+            case.reference_cached_seconds = seconds
             logger.info(
                 "reference %s: %d cached encoder runs in %.1f s; %d uncached runs estimated at %.0f s",
                 path.name, len(case_encoder_seconds), seconds, runs, case.reference_seconds,
@@ -355,6 +361,13 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _dice(value: float | None) -> str:
+    """Format a Dice with 6 significant digits, so that a few differing pixels do not round to 1."""
+    if value is None or math.isnan(value):
+        return "-"
+    return "1" if value == 1.0 else f"{value:.6g}"
+
+
 def _seconds(value: float | None, estimated: bool) -> str:
     text = _number(value, 1)
     return f"{text} (est.)" if estimated and value is not None else text
@@ -369,7 +382,7 @@ def summary_row(label: str, modality: str, status: str, cases: list[CaseResult])
     has_scores = status != "NO GT"
     differing = _total(case.differing for case in cases)
     voxels = sum(case.voxels for case in cases if case.differing is not None)
-    share = f" ({100 * differing / voxels:.3f}%)" if differing is not None and voxels else ""
+    share = f" ({100 * differing / voxels:.3g}%)" if differing is not None and voxels else ""
     dice_values = [case.min_object_dice for case in cases if case.min_object_dice is not None]
     cells = [
         label,
@@ -382,7 +395,7 @@ def summary_row(label: str, modality: str, status: str, cases: list[CaseResult])
         _number(_mean(case.npsam_nsd for case in cases), 4) if has_scores else "-",
         _number(_mean(case.reference_nsd for case in cases), 4) if has_scores else "-",
         f"{differing}{share}" if differing is not None else "-",
-        _number(min(dice_values), 4) if dice_values else "-",
+        _dice(min(dice_values)) if dice_values else "-",
         _number(_mean(case.npsam_seconds for case in cases), 1),
         _number(_total(case.npsam_seconds for case in cases), 1),
         _seconds(_mean(case.reference_seconds for case in cases), estimated),
@@ -411,9 +424,39 @@ def summary_table(runs: list[SourceRun]) -> list[str]:
             members = [case for case in run.cases if case.modality == modality]
             lines.append(summary_row(run.source.name, modality, run.source.gt_status, members))
     real_gt = [case for run in runs if run.source.gt_status == "GT" for case in run.cases]
+    for dimension in ("2D", "3D"):
+        members = [case for case in real_gt if case.dimension == dimension]
+        if members:
+            lines.append(summary_row(f"**all GT sources, {dimension}**", "all", "GT", members))
     if real_gt:
         lines.append(summary_row("**all GT sources**", "all", "GT", real_gt))
     return lines
+
+
+def _case_reference_seconds(case: CaseResult) -> str:
+    text = _seconds(case.reference_seconds, case.reference_seconds_estimated)
+    if case.reference_cached_seconds is not None:
+        text += f"; cached run {case.reference_cached_seconds:.1f}"
+    return text
+
+
+def agreement_lines(runs: list[SourceRun]) -> list[str]:
+    """Summarise how often npsam's and the reference's label maps were identical, and the worst case."""
+    compared = [case for run in runs for case in run.cases if case.differing is not None]
+    if not compared:
+        return []
+    identical = sum(case.differing == 0 for case in compared)
+    lines = [f"npsam and the reference gave identical label maps on {identical} of {len(compared)} compared cases."]
+    worst = max(compared, key=lambda case: (case.differing, -(case.min_object_dice or 0.0)))
+    if worst.differing:
+        lines.append(
+            f"The largest difference was {worst.differing} of {worst.voxels} pixels or voxels in {worst.case} "
+            f"(smallest object Dice {_dice(worst.min_object_dice)})."
+        )
+    lowest = min(compared, key=lambda case: case.min_object_dice if case.min_object_dice is not None else 1.0)
+    if lowest is not worst and (lowest.min_object_dice or 1.0) < 1.0:
+        lines.append(f"The smallest object Dice was {_dice(lowest.min_object_dice)} in {lowest.case}.")
+    return [" ".join(lines), ""]
 
 
 def case_table(run: SourceRun) -> list[str]:
@@ -427,9 +470,9 @@ def case_table(run: SourceRun) -> list[str]:
             _number(case.npsam_nsd, 4),
             _number(case.reference_nsd, 4),
             "-" if case.differing is None else str(case.differing),
-            _number(case.min_object_dice, 4),
+            _dice(case.min_object_dice),
             _number(case.npsam_seconds, 1),
-            _seconds(case.reference_seconds, case.reference_seconds_estimated),
+            _case_reference_seconds(case),
             str(case.reference_encoder_runs),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -466,7 +509,7 @@ def git_commit() -> str:
 
 @dataclasses.dataclass
 class RunInfo:
-    """What the page says about the run as a whole."""
+    """Command, threads, start time, load and commit of one run, as the page reports them."""
 
     command: str
     threads: int
@@ -525,14 +568,18 @@ Notes:
   reference's segs, with their share of all pixels or voxels. Min object Dice: the smallest Dice
   between the two engines' masks of one object; an object absent from both counts as agreeing.
 - npsam seconds per case come from the `efficiency.csv` of `npsam segment`: reading, segmenting and
-  writing the case, with the model loaded once per source before the first case. npsam encodes each
-  slice once for all the objects of a 3D case and decodes the boxes of a 2D image in one batch.
+  writing the case, with the model loaded once per source before the first case. Each source runs
+  in a fresh process, so its first case may also include loading the compiled kernels from Numba's
+  cache. npsam encodes each slice once for all the objects of a 3D case and decodes the boxes of a
+  2D image in one batch.
 - Reference seconds per case: reading and segmenting in this process, after one warm-up image. The
   reference re-runs the image encoder for every slice of every 3D object, as the challenge's script
   does; its output is not written to disk. "(est.)" marks cases whose uncached run was predicted to
   take more than {max_minutes:.0f} minutes: they ran with a slice-embedding cache (identical masks),
   and their uncached time is estimated as encoder runs x the case's median encoder run + the cached
-  run's time outside the encoder. A total that contains an estimate is marked too.
+  run's time outside the encoder. The by-case table also gives the measured seconds of that cached
+  run. A total that contains an estimate is marked too. In the cached run the reference, like
+  npsam, encodes each slice once, so its seconds and npsam's differ by the decoder and propagation.
 - Whole-process wall time of `npsam segment` per source (start, imports, model load, all cases):
   {wall_times}.
 - The seconds of the two engines are not a controlled speed comparison: they ran one after the
@@ -557,6 +604,7 @@ def render_page(runs: list[SourceRun], pending: list[Source], info: RunInfo, sta
         "",
         *summary_table(runs),
         "",
+        *agreement_lines(runs),
         NOTES.format(max_minutes=info.max_reference_seconds / 60, wall_times=wall_times or "none yet"),
     ]
     if pending:
