@@ -8,27 +8,12 @@ kernel that writes the mask or label map directly, so no float buffer of the ima
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from npsam import kernels
+from npsam.preprocessing import _positive_int, _size_pair  # the same argument checks as preprocessing
 
 __all__ = ["resize_bilinear", "mask_from_logits", "paint_label"]
-
-
-def _positive_int(value, name: str) -> int:
-    """Return `value` as an int, or raise ValueError naming `name` unless it is a positive integer."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _size_pair(size, name: str) -> tuple[int, int]:
-    """Validate a (height, width) pair of positive integers."""
-    if not isinstance(size, (tuple, list, np.ndarray)) or len(size) != 2:
-        raise ValueError(f"{name} must be a (height, width) pair, got {size!r}")
-    return _positive_int(size[0], f"{name}[0] (height)"), _positive_int(size[1], f"{name}[1] (width)")
 
 
 def _require_float32(logits, name: str, shapes: str, ndims: tuple[int, ...]) -> None:
