@@ -164,6 +164,8 @@ class Predictor:
         return postprocessing.mask_from_logits(low_res_logits, self.input_size, self.original_size)
 
 
+# NOTE: models are cached by name or path for the life of the process, so a weights file rewritten
+# on disk after its first use is not reloaded; pass a freshly loaded Model to pick up such a change.
 @functools.lru_cache(maxsize=2)
 def _load_model_cached(name_or_path: str) -> Model:
     return load_model(name_or_path)

@@ -231,9 +231,9 @@ def two_way_transformer(image_side, point_tokens, params, num_heads, output_toke
     for layer in params["layers"][1:]:
         queries, keys = two_way_layer(queries, keys, point_tokens, image_pe, layer, num_heads)
 
-    kept = slice(0, output_tokens)
-    queries = queries[:, kept]
-    q = queries + point_tokens[:, kept]
+    read_tokens = slice(0, output_tokens)
+    queries = queries[:, read_tokens]
+    q = queries + point_tokens[:, read_tokens]
     k = keys + image_pe
     queries = queries + token_to_image_attention(q, k, keys, **params["final_attn_token_to_image"], num_heads=num_heads)
     queries = layer_norm(queries, params["norm_final_attn"])
