@@ -73,7 +73,7 @@ BASE_COLOURS = np.array(
         (200, 160, 80),  # 12 tan
         (120, 200, 255),  # 13 sky blue
         (190, 0, 80),  # 14 crimson
-        (220, 255, 0),  # 15 lime
+        (0, 255, 160),  # 15 spring green
         (180, 100, 30),  # 16 brown
         (255, 190, 140),  # 17 peach
         (0, 90, 200),  # 18 royal blue
