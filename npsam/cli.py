@@ -1,9 +1,14 @@
-"""The `npsam` command line: segment challenge cases, evaluate them, convert checkpoints, show setup.
+"""The `npsam` command line: segment challenge cases or image files, evaluate them, convert checkpoints, show setup.
 
     npsam segment INPUT -o OUTPUT_DIR [--model NAME_OR_PATH] [--workers N]
+    npsam segment IMAGE --box X0 Y0 [Z0] X1 Y1 [Z1] [--box ...] -o OUTPUT_DIR [--window WINDOW] [--model NAME_OR_PATH]
     npsam evaluate SEGS_DIR GTS_DIR [-o CSV]
     npsam convert CHECKPOINT -o OUT.h5 [--model NAME]
     npsam info
+
+INPUT is a challenge .npz case or a folder of them. IMAGE is a NIfTI file, a DICOM series (a folder
+or one file) or a PNG/JPEG/TIFF image, read by `npsam.image_files`; its label map is written as
+`<name>_labels.nii.gz` (volumes) or `<name>_labels.png` (2D images).
 
 Exit status: 0 on success, 1 when any case or command failed, 2 for invalid arguments, 130 when
 interrupted. Errors print one line; `--debug` adds tracebacks and debug logs. This module is the only
@@ -310,24 +315,52 @@ def list_case_files(input_path: Path) -> list[Path]:
     if input_path.is_dir():
         files = sorted(path for path in input_path.glob("*.npz") if path.is_file())
         if not files:
-            raise CommandError(f"no .npz files in {input_path}")
+            raise CommandError(f"no .npz files and no DICOM files in {input_path}")
         return files
-    raise CommandError(f"input {input_path} not found; give an .npz case file or a folder of them")
+    raise CommandError(
+        f"input {input_path} not found; give an .npz case file or a folder of them, or an image file "
+        f"(NIfTI, DICOM, PNG, JPEG, TIFF)"
+    )
+
+
+def _is_image_input(input_path: Path) -> bool:
+    """Return True when INPUT is an image file or DICOM folder rather than challenge .npz cases."""
+    from npsam.image_files import is_image_file
+
+    if input_path.is_file() and input_path.name.lower().endswith(".npz"):
+        return False
+    if input_path.is_dir() and any(path.is_file() for path in input_path.glob("*.npz")):
+        return False
+    return is_image_file(input_path)
+
+
+def _prepare_output_dir(output_dir: Path, inputs: Sequence[Path]) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CommandError(f"output {output_dir} exists and is not a folder; give a folder with -o")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if any(path.parent.resolve() == output_dir.resolve() for path in inputs if path.is_file()):
+        raise CommandError(
+            f"output folder {output_dir} is the input folder, so the outputs would replace the cases; "
+            f"choose another -o folder"
+        )
 
 
 def command_segment(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CommandError(f"--workers must be at least 1, got {args.workers}")
-    files = list_case_files(Path(args.input))
-    output_dir = Path(args.output)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise CommandError(f"output {output_dir} exists and is not a folder; give a folder with -o")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if any(path.parent.resolve() == output_dir.resolve() for path in files):
+    input_path = Path(args.input)
+    if _is_image_input(input_path):
+        return command_segment_image(args)
+    if args.box or args.window is not None:
         raise CommandError(
-            f"output folder {output_dir} is the input folder, so the outputs would replace the cases; "
-            f"choose another -o folder"
+            f"--box and --window apply to image files (NIfTI, DICOM, PNG, JPEG, TIFF); the .npz case "
+            f"input {input_path} carries its own boxes and uint8 image, so leave them out"
         )
+    files = list_case_files(input_path)
+    if input_path.is_file() and not input_path.name.lower().endswith(".npz"):
+        logger.warning("%s has no .npz suffix and is not a known image format; reading it as an .npz case", input_path)
+    output_dir = Path(args.output)
+    _prepare_output_dir(output_dir, files)
 
     jobs = [CaseJob(index, str(path), str(output_dir / path.name)) for index, path in enumerate(files)]
     reporter = ProgressReporter([estimate_steps(path) for path in files])
@@ -391,6 +424,98 @@ def _report_segment_summary(results: Sequence[CaseResult], num_cases: int, secon
     if missing:
         print(f"{missing} case(s) were not run", file=sys.stderr)
     return 1
+
+
+# ---- segment: image files ----
+
+
+def boxes_for_image(box_args: Sequence[Sequence[float]] | None, image) -> np.ndarray:
+    """Return the --box values as (N, 4) boxes for a 2D image or (N, 6) boxes for a volume.
+
+    Volume boxes are [x0, y0, z0, x1, y1, z1] in voxel indices; a volume of one slice also takes
+    [x0, y0, x1, y1], which becomes z0 = z1 = 0. Reversed and out-of-range boxes are left to the
+    segmentation, which swaps, clips or rejects them.
+    """
+    if not box_args:
+        layout = "X0 Y0 Z0 X1 Y1 Z1 (voxel indices)" if image.is_volume else "X0 Y0 X1 Y1 (pixels)"
+        raise CommandError(f"{image.path} needs at least one box: add --box {layout}")
+    single_slice = image.is_volume and image.array.shape[0] == 1
+    boxes = []
+    for index, numbers in enumerate(box_args, start=1):
+        if image.is_volume and len(numbers) == 6:
+            boxes.append(list(numbers))
+        elif len(numbers) == 4 and (single_slice or not image.is_volume):
+            x0, y0, x1, y1 = numbers
+            boxes.append([x0, y0, 0.0, x1, y1, 0.0] if image.is_volume else list(numbers))
+        else:
+            expected = "6 numbers X0 Y0 Z0 X1 Y1 Z1" if image.is_volume else "4 numbers X0 Y0 X1 Y1"
+            if single_slice:
+                expected += " (or X0 Y0 X1 Y1 for its single slice)"
+            kind = f"volume of shape {image.array.shape[:3]} (z, y, x)" if image.is_volume else "2D image"
+            raise CommandError(f"--box {index} has {len(numbers)} numbers {list(numbers)}; a {kind} needs {expected}")
+    return np.array(boxes, dtype=np.float64)
+
+
+def command_segment_image(args: argparse.Namespace) -> int:
+    """Segment one image file or DICOM series with the --box prompts and write its label map."""
+    from npsam.cases import Case, segment_case
+    from npsam.image_files import label_file_name, parse_window, read_image_file, to_uint8, write_label_file
+    from npsam.propagation import count_slice_steps, normalize_boxes_3d
+
+    input_path = Path(args.input)
+    output_dir = Path(args.output)
+    if args.workers > 1:
+        logger.info("one image input, so --workers %d is not used", args.workers)
+    try:
+        window = parse_window(args.window if args.window is not None else "auto")
+        start = time.perf_counter()
+        image = read_image_file(input_path)
+        boxes = boxes_for_image(args.box, image)
+        imgs = to_uint8(image.array, window, modality=image.modality)
+        read_seconds = time.perf_counter() - start
+    except (ImportError, OSError, ValueError) as error:
+        raise CommandError(_error_text(error)) from error
+
+    _prepare_output_dir(output_dir, [])
+    output_path = output_dir / label_file_name(image)
+    spacing = np.array(image.spacing, dtype=np.float64) if image.is_volume else None
+    case = Case(name=image.name, is_3d=image.is_volume, imgs=imgs, boxes=boxes, spacing=spacing, path=input_path)
+    logger.info(
+        "segmenting %s (%s, shape %s) with %d box(es) into %s with model %s",
+        input_path, image.format, imgs.shape, len(boxes), output_path, args.model,
+    )
+
+    try:
+        steps = count_slice_steps(normalize_boxes_3d(boxes, imgs.shape[:3])) if image.is_volume else 1
+    except ValueError as error:
+        raise CommandError(_error_text(error)) from error
+    predictor = _load_predictor(args.model)
+    reporter = ProgressReporter([steps])
+    try:
+        with _redirect_logging_to_bar(reporter):
+            start = time.perf_counter()
+            segs = segment_case(case, predictor, progress=lambda completed, total: reporter.update(0, completed, total))
+            write_label_file(output_path, segs, image)
+            seconds = read_seconds + time.perf_counter() - start
+            reporter.finish_case(0)
+    except (OSError, ValueError) as error:
+        raise CommandError(_error_text(error)) from error
+    finally:
+        reporter.close()
+
+    _write_text_atomically(output_dir / EFFICIENCY_FILE, _csv_text(("case", "time"), [(input_path.name, f"{seconds:.4f}")]))
+    print(f"segmented {input_path.name} ({len(boxes)} object(s)) in {_format_duration(seconds)}; label map: {output_path}")
+    return 0
+
+
+def _load_predictor(model_name: str):
+    from npsam.model import load_model
+    from npsam.predictor import Predictor
+
+    try:
+        return Predictor(load_model(model_name))
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot load model {model_name!r}: {_error_text(error)}") from error
 
 
 # ---- evaluate ----
@@ -589,7 +714,9 @@ def command_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from npsam.config import MODELS
+    from npsam.image_files import WINDOW_PRESETS
 
+    presets = ", ".join(f"{name} {level:g}/{width:g}" for name, (level, width) in WINDOW_PRESETS.items())
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show debug logs and tracebacks")
 
@@ -602,19 +729,48 @@ def build_parser() -> argparse.ArgumentParser:
     segment = subparsers.add_parser(
         "segment",
         parents=[common],
-        help="segment challenge .npz cases",
+        help="segment challenge .npz cases or a NIfTI, DICOM, PNG, JPEG or TIFF image",
         description="Segment challenge .npz cases (imgs + boxes; a file name starting with '3D' is a 3D case) "
         "and write one 'segs' .npz per case plus efficiency.csv (columns case, time: seconds to read, segment "
         "and write the case, model loading excluded) into OUTPUT_DIR. A failing case is reported and the "
-        "others still run; the exit status is then 1.",
+        "others still run; the exit status is then 1. "
+        "An image input (NIfTI .nii/.nii.gz, a DICOM series folder or file, PNG, JPEG or TIFF) is segmented "
+        "with the --box prompts (object k = label k, in --box order) into <name>_labels.nii.gz with the "
+        "input's affine (volumes) or a palettised <name>_labels.png (2D images), plus efficiency.csv. "
+        "Volume boxes are voxel indices i j k of the file as stored (the voxel coordinates ITK-SNAP, "
+        "FSLeyes and 3D Slicer show); for DICOM, column, row and slice after sorting by position.",
     )
-    segment.add_argument("input", help="an .npz case file or a folder of them (processed in sorted order)")
+    segment.add_argument(
+        "input",
+        help="an .npz case file or a folder of them (processed in sorted order), or one image file or DICOM "
+        "series folder",
+    )
     segment.add_argument("-o", "--output", required=True, help="folder for the outputs (created if missing)")
     segment.add_argument(
         "--model", default="litemedsam", help="registered model name or path of an npsam .h5 weights file (default: litemedsam)"
     )
     segment.add_argument(
-        "--workers", type=int, default=1, help="number of processes, each loading the model once (default: 1)"
+        "--workers", type=int, default=1,
+        help="number of processes for .npz cases, each loading the model once (default: 1; an image input uses one)",
+    )
+    segment.add_argument(
+        "--box",
+        nargs="+",
+        type=float,
+        action="append",
+        metavar="COORD",
+        help="image inputs only, repeatable: one object's box, inclusive, as X0 Y0 X1 Y1 pixels for a 2D image "
+        "or X0 Y0 Z0 X1 Y1 Z1 voxel indices for a volume (X0 Y0 X1 Y1 also for a one-slice volume); "
+        "put it after the input",
+    )
+    segment.add_argument(
+        "--window",
+        default=None,
+        metavar="WINDOW",
+        help="image inputs only: intensity to uint8. A CT preset in HU as level/width: "
+        f"{presets}; or LEVEL,WIDTH numbers (e.g. 40,400); 'percentile' (0.5-99.5 percentiles of the voxels above 0 to "
+        "0..255, zeros kept); 'none' (values already 0..255); or 'auto' (default): soft-tissue for DICOM CT "
+        "and for whole-number images below -500, unchanged uint8, otherwise percentile",
     )
     segment.set_defaults(handler=command_segment)
 

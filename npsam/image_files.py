@@ -54,14 +54,14 @@ Writing (`write_label_file`), always through a temporary file in the output fold
 - NIfTI and DICOM input: a NIfTI label map with the input's affine. For NIfTI input the header is a
   copy of the input's, with the data type set to the label dtype, scaling removed and intent
   NIFTI_INTENT_LABEL. For DICOM input, qform and sform are the built affine with code 1 (scanner).
-- 2D input: a palettised PNG (mode "P"): the pixel value is the label and the palette gives label 0
-  black and every other label a distinct bright colour. More than 255 labels do not fit a palette,
+- 2D input: a palettised PNG (mode "P"): the pixel value is the label and the palette is
+  `npsam.overlay.label_palette`, the colours of the overlays: label 0 black and labels 1..255
+  distinct visible colours. More than 255 labels do not fit a palette,
   so they are written as a 16-bit grey PNG (exact values, but dark in an ordinary viewer).
 """
 
 from __future__ import annotations
 
-import colorsys
 import importlib
 import logging
 import os
@@ -85,7 +85,6 @@ __all__ = [
     "choose_window",
     "to_uint8",
     "label_file_name",
-    "label_palette",
     "write_label_file",
 ]
 
@@ -741,23 +740,6 @@ def label_file_name(like: ImageFile) -> str:
     return f"{like.name}_labels{suffix}"
 
 
-def label_palette(num_colours: int = 256) -> np.ndarray:
-    """Return a (num_colours, 3) uint8 palette: black for label 0 and distinct bright colours after it.
-
-    Hues step by the golden ratio, so neighbouring labels get far-apart colours, and three
-    brightness levels alternate so that hues that come close again still differ.
-    """
-    palette = np.zeros((num_colours, 3), dtype=np.uint8)
-    golden = 0.618033988749895
-    for label in range(1, num_colours):
-        hue = (label * golden) % 1.0
-        value = (1.0, 0.8, 0.6)[label % 3]
-        saturation = (0.9, 0.6)[(label // 3) % 2]
-        red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
-        palette[label] = np.round(np.array([red, green, blue]) * 255)
-    return palette
-
-
 def _check_labels(labels: np.ndarray, like: ImageFile) -> np.ndarray:
     if not isinstance(labels, np.ndarray) or not np.issubdtype(labels.dtype, np.integer):
         raise ImageFileError(f"labels must be an integer NumPy array, got {type(labels).__name__} {getattr(labels, 'dtype', None)}")
@@ -827,8 +809,10 @@ def _label_png(labels: np.ndarray):
     _import_extra("PIL")
     pil_image = importlib.import_module("PIL.Image")
     if labels.dtype == np.uint8:
+        from npsam.overlay import MAX_PALETTE_LABEL, label_palette
+
         image = pil_image.fromarray(labels)  # mode "L"
-        image.putpalette(label_palette().tobytes())  # mode "P", pixel value = label
+        image.putpalette(label_palette(MAX_PALETTE_LABEL).tobytes(), rawmode="RGB")  # mode "P", pixel value = label
         return image
     if labels.dtype == np.uint16:
         logger.warning(
