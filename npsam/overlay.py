@@ -527,7 +527,7 @@ def write_png(path, rgb, *, overwrite: bool = True, input_path=None) -> Path:
 
     The PNG goes to a temporary file in the same folder first. With `overwrite` it then replaces `path`
     (os.replace). Without it, it is hard-linked to `path`, which raises FileExistsError if `path`
-    exists. Either way a crash leaves no partial PNG at `path`, and the temporary file is removed.
+    exists (NOTE: so overwrite=False needs a file system with hard links). Either way a crash leaves no partial PNG at `path`, and the temporary file is removed.
     Raises ValueError when `path` is `input_path`, FileNotFoundError when the folder is missing and
     ImportError when Pillow is missing. Returns `path`.
     """
@@ -583,15 +583,17 @@ def _save_png(image, path: Path, *, overwrite: bool, input_path) -> Path:
     return path
 
 
-def write_case_overlays(output_dir, case_name: str, image, labels, boxes, is_3d: bool, *, alpha: float = DEFAULT_ALPHA) -> list[Path]:
+def write_case_overlays(
+    output_dir, case_name: str, image, labels, boxes, is_3d: bool, *, alpha: float = DEFAULT_ALPHA, input_path=None,
+) -> list[Path]:
     """Write the overlay PNGs of one case into `output_dir` and return their paths in writing order.
 
     2D: `image` (H, W) or (H, W, 3), `labels` (H, W), `boxes` (N, 4); writes `<case_name>_overlay.png`.
     3D: `image` (D, H, W) or (D, H, W, 3), `labels` (D, H, W), `boxes` (N, 6); writes
     `<case_name>_object<k>_z<z>.png` for k = 1..N (see `object_slice_overlays`), then
     `<case_name>_montage.png` (see `axial_montage`). `labels` may be None to draw boxes only, and
-    `boxes` may be None or empty. `output_dir` must exist. Files of the same name are replaced. The
-    arrays are not modified. Raises ValueError for a `case_name` that contains a folder and ImportError
+    `boxes` may be None or empty. `output_dir` must exist. Files of the same name are replaced, except
+    `input_path` (the case file), which raises ValueError. The arrays are not modified. Raises ValueError for a `case_name` that contains a folder and ImportError
     when Pillow is missing (before anything is drawn).
     """
     output_dir = Path(output_dir)
@@ -603,13 +605,14 @@ def write_case_overlays(output_dir, case_name: str, image, labels, boxes, is_3d:
 
     if not is_3d:
         overlay = overlay_image(image, labels, boxes, alpha=alpha)
-        written = [write_png(output_dir / f"{case_name}_overlay.png", overlay)]
+        written = [write_png(output_dir / f"{case_name}_overlay.png", overlay, input_path=input_path)]
     else:
         written = []
         for index, (z, overlay) in enumerate(object_slice_overlays(image, labels, boxes, alpha=alpha)):
-            written.append(write_png(output_dir / f"{case_name}_object{index + 1}_z{z}.png", overlay))
+            path = output_dir / f"{case_name}_object{index + 1}_z{z}.png"
+            written.append(write_png(path, overlay, input_path=input_path))
         montage = axial_montage(image, labels, boxes, alpha=alpha)
-        written.append(write_png(output_dir / f"{case_name}_montage.png", montage))
+        written.append(write_png(output_dir / f"{case_name}_montage.png", montage, input_path=input_path))
 
     for path in written:
         logger.info("wrote overlay %s", path)

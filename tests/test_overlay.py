@@ -543,3 +543,8 @@ def test_case_overlays_bad_arguments(tmp_path):
         write_case_overlays(tmp_path, "sub/case", image, None, None, is_3d=False)
     with pytest.raises(FileNotFoundError, match="not found"):
         write_case_overlays(tmp_path / "missing", "case", image, None, None, is_3d=False)
+    source = tmp_path / "case_overlay.png"
+    source.write_bytes(b"input")
+    with pytest.raises(ValueError, match="input file"):
+        write_case_overlays(tmp_path, "case", image, None, None, is_3d=False, input_path=source)
+    assert source.read_bytes() == b"input"
