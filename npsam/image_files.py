@@ -461,9 +461,10 @@ def _read_dicom_pixels(pydicom, ordered: list[_DicomSlice]) -> tuple[np.ndarray,
         except (RuntimeError, NotImplementedError) as error:
             syntax = dataset.file_meta.get("TransferSyntaxUID")
             syntax_name = getattr(syntax, "name", syntax)
+            reported = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
             raise ImageFileError(
                 f"{item.path}: cannot decode its pixel data ({syntax_name}) with the installed packages; "
-                f"install a decoder that pydicom supports for it. pydicom reported: {error}"
+                f"install a decoder that pydicom supports for it. pydicom reported: {reported}"
             ) from error
         except (ValueError, AttributeError) as error:
             raise ImageFileError(f"{item.path}: invalid DICOM pixel data ({error})") from error
