@@ -18,7 +18,7 @@ Reading (`read_image_file`)
   no installed pydicom plugin can decode raises `ImageFileError` naming the missing decoder packages.
 - PNG, JPEG and TIFF 2D images. Grey stays (H, W), RGB is (H, W, 3), RGBA and LA drop the alpha
   channel, palette (P) and CMYK images become RGB, and 1-bit images become 0/255 grey. TIFF is read
-  with tifffile, which keeps 16-bit and float samples; a compressed TIFF that tifffile cannot decode
+  with tifffile, which keeps 16-bit and float samples. A compressed TIFF that tifffile cannot decode
   without the `imagecodecs` package is read through Pillow instead.
 
 Axis convention
@@ -136,7 +136,7 @@ class ImageFile:
 
     `array` contains the raw intensities (read-only): (D, H, W) = (z, y, x) for a volume, with
     (D, H, W, 3) for colour DICOM, and (H, W) or (H, W, 3) for a 2D image. `spacing` is the voxel
-    or pixel size in mm in (x, y, z) or (x, y) order (1.0 where the file does not say). `affine` is
+    or pixel size in mm in (x, y, z) or (x, y) order (1.0 where the file has no spacing). `affine` is
     the (4, 4) voxel-to-RAS+ matrix of a volume and None for a 2D image. `header` is a copy of a
     NIfTI input's nibabel header, else None. `modality` is the DICOM Modality (such as "CT" or "MR"),
     else None.
@@ -479,7 +479,7 @@ def _read_dicom_pixels(pydicom, ordered: list[_DicomSlice]) -> tuple[np.ndarray,
     intercepts_array = np.array(intercepts)
     shape = (-1,) + (1,) * (volume.ndim - 1)  # one slope and intercept per slice
     if np.all(slopes_array == 1) and np.all(intercepts_array == np.round(intercepts_array)):
-        # Whole-number rescaling keeps integers; int32 holds uint16 pixels shifted by a negative intercept.
+        # Whole-number rescaling keeps integers. int32 fits uint16 pixels shifted by a negative intercept.
         rescaled = volume if np.all(intercepts_array == 0) else volume.astype(np.int32) + intercepts_array.astype(np.int32).reshape(shape)
     else:
         rescaled = volume.astype(np.float64) * slopes_array.reshape(shape) + intercepts_array.reshape(shape)
@@ -821,7 +821,7 @@ def _label_png(labels: np.ndarray):
             "(exact values, dark in ordinary viewers)"
         )
         return pil_image.fromarray(labels)  # mode "I;16"
-    raise ImageFileError(f"a PNG label map holds at most 65,535 labels, got maximum {int(labels.max())}")
+    raise ImageFileError(f"a PNG label map supports at most 65,535 labels, got maximum {int(labels.max())}")
 
 
 def _write_atomically(path: Path, suffix: str, write) -> None:

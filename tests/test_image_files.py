@@ -24,7 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CT_NIFTI = "PSEUDO_GT_totalsegmentator_example/raw/example_ct_sm.nii.gz"
 CT_SEG_NIFTI = "PSEUDO_GT_totalsegmentator_example/raw/example_seg.nii.gz"
 MR_NIFTI = "colin27_aal_mricron/raw/ch2.nii.gz"
-AAL_NIFTI = "colin27_aal_mricron/raw/aal.nii.gz"
 FLAIR_NIFTI = "brats2021_sammed3d/raw/BraTS2021_01646_flair.nii.gz"
 LIVER_LABEL = 5  # TotalSegmentator's liver, the largest organ of example_seg.nii.gz
 
@@ -94,14 +93,15 @@ def test_ct_window_matches_challenge_formula(data_dir):
     ct = image.array
 
     # The CT reaches both ends of the soft-tissue window, so the script's min/max scaling is the window's.
-    assert ct.min() < 40 - 200 and ct.max() > 40 + 200
+    assert ct.min() < 40 - 200
+    assert ct.max() > 40 + 200
     expected = _challenge_ct_formula(ct, 40, 400)
     np.testing.assert_array_equal(image_files.to_uint8(ct, "soft-tissue"), expected)
     np.testing.assert_array_equal(image_files.to_uint8(ct, "auto"), expected)
     np.testing.assert_array_equal(image_files.to_uint8(ct, "40,400"), expected)
 
-    # The lung window starts at -1350 HU, below this CT's minimum, so the script's min/max scaling would
-    # stretch the image; npsam keeps the window's fixed ends.
+    # The lung window starts at -1350 HU, below this CT's minimum. npsam keeps the window's fixed ends,
+    # where the script's min/max scaling would stretch the image.
     lung = np.uint8((np.clip(ct.astype(np.float64), -1350, 150) + 1350) / 1500 * 255.0)
     np.testing.assert_array_equal(image_files.to_uint8(ct, "lung"), lung)
 
