@@ -323,7 +323,8 @@ def split_output(text: str, num_steps: int) -> list[tuple[str, int | None]]:
 
 # ---- Loose output matching ----
 
-_TOKEN = re.compile(r"(\.\.\.|[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+# "..." or a number that is not part of a word, so "uint8" and hex digests stay literal text.
+_TOKEN = re.compile(r"(\.\.\.|(?<![\w.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?(?:[eE][-+]?\d+)?(?!\w))")
 
 
 def _line_regex(expected_line: str) -> tuple[re.Pattern, list[str]]:
@@ -446,6 +447,8 @@ def test_index_links_every_page():
         ("9,785,728 parameters", "9,785,729 parameters", False),
         ("labels [0 1 2]", "labels   [0 1 2]", True),
         ("nsd 0.5", "nsd nan", False),
+        ("sha256 79d8c9dca6db4d69d3f905579e5250af", "sha256 79d8c9dca6db4d69d3f905579e5250af", True),
+        ("sha256 79d8c9dca6db4d69d3f905579e5250af", "sha256 79d8c9dca6db4d69d3f905579e5250ae", False),
     ],
 )
 def test_line_matching_rules(expected, actual, matches):
