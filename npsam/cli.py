@@ -317,10 +317,7 @@ def list_case_files(input_path: Path) -> list[Path]:
         if not files:
             raise CommandError(f"no .npz files and no DICOM files in {input_path}")
         return files
-    raise CommandError(
-        f"input {input_path} not found; give an .npz case file or a folder of them, or an image file "
-        f"(NIfTI, DICOM, PNG, JPEG, TIFF)"
-    )
+    raise CommandError(f"input {input_path} not found; give an .npz case file or a folder of them")
 
 
 def _is_image_input(input_path: Path) -> bool:
