@@ -195,6 +195,7 @@ class CaseJob:
     index: int
     input_path: str
     output_path: str
+    overlay: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,11 +217,29 @@ def run_case(job: CaseJob, predictor, on_progress: Callable[[int, int], None] | 
         case = read_case(job.input_path)
         segs = segment_case(case, predictor, progress=on_progress)
         write_segs(job.output_path, segs, input_path=job.input_path)
+        if job.overlay:
+            _write_overlays(Path(job.output_path).parent, case.name, case.imgs, segs, case.boxes, case.is_3d, job.input_path)
     except (OSError, ValueError, TypeError) as error:
         return CaseResult(job.index, file_name, None, _error_text(error), traceback.format_exc())
     except Exception as error:  # noqa: BLE001 - one failing case must not stop the run
         return CaseResult(job.index, file_name, None, f"{type(error).__name__}: {error}", traceback.format_exc())
     return CaseResult(job.index, file_name, time.perf_counter() - start)
+
+
+def _write_overlays(output_dir: Path, name: str, image, segs, boxes, is_3d: bool, input_path) -> None:
+    from npsam.overlay import write_case_overlays
+
+    write_case_overlays(output_dir, name, image, segs, boxes, is_3d, input_path=input_path)
+
+
+def _check_overlay_support() -> None:
+    """Fail before any work when --overlay cannot write PNG files."""
+    from npsam.overlay import _import_pillow
+
+    try:
+        _import_pillow()
+    except ImportError as error:
+        raise CommandError(f"--overlay writes PNG files: {error}") from error
 
 
 # State of a worker process: its predictor (or the error that prevented loading it) and progress queue.
@@ -359,7 +378,9 @@ def command_segment(args: argparse.Namespace) -> int:
     output_dir = Path(args.output)
     _prepare_output_dir(output_dir, files)
 
-    jobs = [CaseJob(index, str(path), str(output_dir / path.name)) for index, path in enumerate(files)]
+    if args.overlay:
+        _check_overlay_support()
+    jobs = [CaseJob(index, str(path), str(output_dir / path.name), args.overlay) for index, path in enumerate(files)]
     reporter = ProgressReporter([estimate_steps(path) for path in files])
     results: list[CaseResult] = []
 
@@ -473,6 +494,8 @@ def command_segment_image(args: argparse.Namespace) -> int:
     except (ImportError, OSError, ValueError) as error:
         raise CommandError(_error_text(error)) from error
 
+    if args.overlay:
+        _check_overlay_support()
     _prepare_output_dir(output_dir, [])
     output_path = output_dir / label_file_name(image)
     spacing = np.array(image.spacing, dtype=np.float64) if image.is_volume else None
@@ -493,6 +516,8 @@ def command_segment_image(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             segs = segment_case(case, predictor, progress=lambda completed, total: reporter.update(0, completed, total))
             write_label_file(output_path, segs, image)
+            if args.overlay:
+                _write_overlays(output_dir, image.name, imgs, segs, boxes, image.is_volume, input_path)
             seconds = read_seconds + time.perf_counter() - start
             reporter.finish_case(0)
     except (OSError, ValueError) as error:
@@ -768,6 +793,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{presets}; or LEVEL,WIDTH numbers (e.g. 40,400); 'percentile' (0.5-99.5 percentiles of the voxels above 0 to "
         "0..255, zeros kept); 'none' (values already 0..255); or 'auto' (default): soft-tissue for DICOM CT "
         "and for whole-number images below -500, unchanged uint8, otherwise percentile",
+    )
+    segment.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write PNG overlays (needs the images extra): each object's contour and box in its own colour "
+        "over the image; <case>_overlay.png for 2D, and for 3D <case>_object<k>_z<z>.png (the middle slice of "
+        "box k) plus <case>_montage.png (evenly spaced axial slices)",
     )
     segment.set_defaults(handler=command_segment)
 
