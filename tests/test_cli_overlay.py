@@ -26,7 +26,7 @@ def _colour_pixels(rgb: np.ndarray, colour: np.ndarray) -> np.ndarray:
     return (rgb == colour).all(axis=-1)
 
 
-def test_overlay_of_a_2d_case_draws_contour_and_box_in_the_object_colour(tmp_path, data_dir, capsys):
+def test_overlay_2d_case_colours(tmp_path, data_dir, capsys):
     cases = tmp_path / "cases"
     cases.mkdir()
     case_path = shutil.copy(data_dir / KVASIR_CASE, cases)
@@ -47,7 +47,7 @@ def test_overlay_of_a_2d_case_draws_contour_and_box_in_the_object_colour(tmp_pat
     x0, y0, x1, y1 = boxes[0]
     assert (overlay[y0, x0:x1 + 1] == colour).all(), "the box's top edge must have the object's colour"
     assert (overlay[y0:y1 + 1, x1] == colour).all(), "the box's right edge must have the object's colour"
-    # The contour: object pixels with a background pixel next to them, inside the box.
+    # Contour pixels: object pixels with a background pixel or the image edge next to them.
     inner = segs.astype(bool)
     edge = inner & ~ndimage.binary_erosion(inner, border_value=1)
     assert edge.sum() > 100
@@ -58,7 +58,7 @@ def test_overlay_of_a_2d_case_draws_contour_and_box_in_the_object_colour(tmp_pat
     assert (overlay[outside] == image[outside]).all()
 
 
-def test_overlay_of_a_nifti_volume_writes_middle_slices_and_montage(tmp_path, data_dir, capsys):
+def test_overlay_nifti_volume_files(tmp_path, data_dir, capsys):
     output = tmp_path / "out"
     boxes = [["20", "20", "12", "70", "60", "13"], ["60", "40", "13", "110", "90", "14"]]
     argv = ["segment", str(data_dir / CT_NIFTI), "-o", str(output), "--overlay"]
@@ -89,10 +89,11 @@ def test_overlay_of_a_nifti_volume_writes_middle_slices_and_montage(tmp_path, da
         assert (overlay[y0, x0 : x1 + 1] == palette[label]).all()
     montage = _read_png(output / "example_ct_sm_montage.png")
     assert montage.shape[0] > labels.shape[1] and montage.shape[1] > labels.shape[2], "the montage has several tiles"
-    assert _colour_pixels(montage, palette[1]).any() and _colour_pixels(montage, palette[2]).any()
+    assert _colour_pixels(montage, palette[1]).any()
+    assert _colour_pixels(montage, palette[2]).any()
 
 
-def test_overlay_without_pillow_fails_before_segmenting(tmp_path, data_dir, capsys, monkeypatch):
+def test_overlay_without_pillow(tmp_path, data_dir, capsys, monkeypatch):
     cases = tmp_path / "cases"
     cases.mkdir()
     shutil.copy(data_dir / KVASIR_CASE, cases)
@@ -107,6 +108,6 @@ def test_overlay_without_pillow_fails_before_segmenting(tmp_path, data_dir, caps
 
 
 @pytest.mark.parametrize("flag", [[], ["--overlay"]])
-def test_overlay_flag_is_parsed_for_segment(flag):
+def test_overlay_flag_parsed(flag):
     args = cli.build_parser().parse_args(["segment", "in", "-o", "out", *flag])
     assert args.overlay is bool(flag)
