@@ -179,6 +179,14 @@ class OpenVinoModel:
         self.encoder_runs += 1
         return self._encoder.get_output_tensor(0).data.copy()
 
+    def prepare_image(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """Return the embeddings: the converted decoder has no box-independent part of its own."""
+        return image_embeddings
+
+    def decode_prepared(self, image_embeddings: np.ndarray, boxes_256: np.ndarray):
+        """Same as `decode`, for `npsam.propagation.segment_volume`."""
+        return self.decode(image_embeddings, boxes_256)
+
     def decode(self, image_embeddings: np.ndarray, boxes_256: np.ndarray):
         """Decode boxes (B, 4) one at a time; return (low_res_logits (B, 1, 256, 256), iou_predictions (B, 1))."""
         boxes = np.asarray(boxes_256, dtype=np.float32).reshape(-1, 4)

@@ -198,17 +198,30 @@ class NpsamPerObjectRunner(NpsamRunner):
     def _segment_3d_per_object(self, volume, boxes):
         import numpy as np
 
+        from npsam import postprocessing, preprocessing
         from npsam.predictor import label_dtype
-        from npsam.propagation import SliceEmbeddingCache, normalize_boxes_3d, propagate_object, slice_uses
+        from npsam.propagation import normalize_boxes_3d, propagated_box, slice_range
 
         depth, height, width = volume.shape[:3]
         corrected = normalize_boxes_3d(boxes, (depth, height, width))
         segs = np.zeros((depth, height, width), dtype=label_dtype(len(corrected)))
         for label, box in enumerate(corrected, start=1):
-            # A cache built for this object's slices alone encodes each of them once, then drops it.
-            cache = SliceEmbeddingCache(self.model, volume, slice_uses(box[None], depth))
-            z_lo, mask = propagate_object(self.model, cache, box, label, (height, width))
-            segs[z_lo : z_lo + len(mask)][mask] = label
+            # Each object encodes each of its slices again and decodes one box per call, as the reference does.
+            z_lo, z_mid, z_hi = slice_range(box)
+            middle = preprocessing.scale_boxes_to_256(box[[0, 1, 3, 4]][None], (height, width))[0]
+            masks = {}
+
+            def run(z, prompt):
+                input_image, input_size = preprocessing.preprocess_image(volume[z])
+                logits, _ = self.model.decode(self.model.encode(input_image), np.asarray(prompt, dtype=np.float32)[None])
+                masks[z] = postprocessing.mask_from_logits(logits[0, 0], input_size, (height, width))
+
+            for z in range(z_mid, z_hi + 1):
+                run(z, middle if z == z_mid else propagated_box(masks[z - 1], label, middle))
+            for z in range(z_mid - 1, z_lo - 1, -1):
+                run(z, propagated_box(masks[z + 1], label, middle))
+            for z, mask in masks.items():
+                segs[z][mask] = label
         return segs
 
     def _segment_2d_per_box(self, image, boxes):

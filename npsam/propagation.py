@@ -23,8 +23,14 @@ Differences from the reference script, where it crashes or misbehaves (each logg
 - more than 255 objects give a uint16 label map (the script's uint8 volume overflows). Objects above
   255 resize their mask with the value 255, the largest uint8 label.
 
-Every slice is encoded once and its embeddings are shared by all objects that cover it. The encoder is
-deterministic, so the result equals running it again for every object, as the reference does.
+Each object's prompts depend only on its own masks, so the objects can be segmented together: one
+upward sweep over the slices runs every object's upward pass, and one downward sweep every downward
+pass. A slice is encoded once and the decoder's box-independent work is done once per slice and sweep
+for all objects that cover it. The encoder is deterministic, so the result equals running it again
+for every object, as the reference does.
+
+NOTE: a slice read by both sweeps keeps its embeddings (4 MiB) between them, so a volume whose
+objects' upward and downward passes overlap on many slices holds that many embeddings at once.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ __all__ = [
     "count_slice_steps",
     "slice_uses",
     "propagated_box",
-    "propagate_object",
+    "pass_ranges",
     "segment_volume",
 ]
 
@@ -173,16 +179,27 @@ class SliceEmbeddingCache:
         return embeddings, (int(input_size[0]), int(input_size[1]))
 
 
+def pass_ranges(corrected_boxes: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Return each object's inclusive slice range of the upward pass (z_mid, z_hi) and of the downward
+    pass (z_lo, z_mid - 1), which is empty when z_lo == z_mid."""
+    ranges = [slice_range(box) for box in corrected_boxes]
+    upward = [(z_mid, z_hi) for _, z_mid, z_hi in ranges]
+    downward = [(z_lo, z_mid - 1) for z_lo, z_mid, _ in ranges]
+    return upward, downward
+
+
 def slice_uses(corrected_boxes: np.ndarray, depth: int) -> np.ndarray:
-    """Return (D,) int64: for each slice, the number of corrected boxes that cover it."""
+    """Return (D,) int64: for each slice, how many of `segment_volume`'s two sweeps read it (0, 1 or 2)."""
     uses = np.zeros(depth, dtype=np.int64)
-    for box in corrected_boxes:
-        z_lo, _, z_hi = slice_range(box)
-        uses[z_lo : z_hi + 1] += 1
+    for ranges in pass_ranges(corrected_boxes):
+        covered = np.zeros(depth, dtype=bool)
+        for first, last in ranges:
+            covered[first : last + 1] = True
+        uses += covered
     return uses
 
 
-# ---- One object ----
+# ---- Prompts ----
 
 
 def propagated_box(neighbour_mask: np.ndarray, label: int, middle_box_256: np.ndarray) -> np.ndarray:
@@ -198,41 +215,6 @@ def propagated_box(neighbour_mask: np.ndarray, label: int, middle_box_256: np.nd
     resized = preprocessing.resize_longest_side(labels, 256)
     box = preprocessing.box_from_mask_256(preprocessing.pad_to_square(resized, 256), shift=BOX_SHIFT, limit=256)
     return middle_box_256 if box is None else np.asarray(box)
-
-
-def propagate_object(
-    model,
-    cache: SliceEmbeddingCache,
-    box: np.ndarray,
-    label: int,
-    original_size: tuple[int, int],
-    on_slice: Callable[[], None] | None = None,
-) -> tuple[int, np.ndarray]:
-    """Segment one corrected 3D box slice by slice and return (z_lo, mask (z_hi - z_lo + 1, H, W) bool).
-
-    Releases each slice from `cache` once it is segmented and calls `on_slice()` after every slice.
-    """
-    z_lo, z_mid, z_hi = slice_range(box)
-    middle_box_256 = preprocessing.scale_boxes_to_256(box[[0, 1, 3, 4]][None], original_size)[0]
-    mask = np.zeros((z_hi - z_lo + 1,) + tuple(original_size), dtype=bool)  # (slices, H, W)
-
-    def segment_slice(z: int, box_256: np.ndarray) -> None:
-        embeddings, input_size = cache.get(z)
-        low_res_logits, _ = model.decode(embeddings, np.asarray(box_256, dtype=np.float32)[None])
-        mask[z - z_lo] = postprocessing.mask_from_logits(low_res_logits[0, 0], input_size, original_size)
-        cache.release(z)
-        if on_slice is not None:
-            on_slice()
-
-    # Upward pass: z_mid .. z_hi, each slice prompted from the slice below.
-    for z in range(z_mid, z_hi + 1):
-        box_256 = middle_box_256 if z == z_mid else propagated_box(mask[z - 1 - z_lo], label, middle_box_256)
-        segment_slice(z, box_256)
-
-    # Downward pass: z_mid - 1 .. z_lo, each slice prompted from the slice above.
-    for z in range(z_mid - 1, z_lo - 1, -1):
-        segment_slice(z, propagated_box(mask[z + 1 - z_lo], label, middle_box_256))
-    return z_lo, mask
 
 
 # ---- Whole volume ----
@@ -256,26 +238,55 @@ def segment_volume(model, volume: np.ndarray, boxes, progress: Callable[[int, in
     `boxes` (N, 6) is [x_min, y_min, z_min, x_max, y_max, z_max] in voxels, corrected as described in
     the module docstring. Returns a (D, H, W) label map where object k has label k and later objects
     are drawn over earlier ones. Its dtype is uint8 for N <= 255, uint16 for N <= 65,535 and uint32 above.
-    `progress(completed, total)` is called after every slice of every object.
+    `progress(completed, total)` is called after every slice of every object. `model` needs `encode`,
+    `prepare_image` and `decode_prepared`, as `npsam.model.Model` has.
     """
     _check_volume(volume)
     depth, height, width = volume.shape[:3]
     corrected = normalize_boxes_3d(boxes, (depth, height, width))
     segs = np.zeros((depth, height, width), dtype=label_dtype(len(corrected)))
-
+    middle_boxes = preprocessing.scale_boxes_to_256(corrected[:, [0, 1, 3, 4]], (height, width))  # (N, 4)
     cache = SliceEmbeddingCache(model, volume, slice_uses(corrected, depth))
+    upward, downward = pass_ranges(corrected)
     total = count_slice_steps(corrected)
     completed = 0
 
-    def on_slice() -> None:
-        nonlocal completed
-        completed += 1
-        if progress is not None:
-            progress(completed, total)
+    def sweep(slices, ranges, neighbour_masks: dict[int, np.ndarray], first_masks: dict | None = None) -> None:
+        """Segment each object on the slices of its range in `ranges`, in the order of `slices`.
 
-    for label, box in enumerate(corrected, start=1):
-        z_lo, mask = propagate_object(model, cache, box, label, (height, width), on_slice)
-        segs[z_lo : z_lo + len(mask)][mask] = label
+        `neighbour_masks[i]` is object i's mask on the slice before the current one in this sweep; an
+        object without one is prompted with its middle-slice box. `first_masks[i]`, when given, receives
+        object i's mask on the first slice of its range.
+        """
+        nonlocal completed
+        for z in slices:
+            objects = [index for index, (first, last) in enumerate(ranges) if first <= z <= last]
+            if not objects:
+                continue
+            embeddings, input_size = cache.get(z)
+            image_side = model.prepare_image(embeddings)  # box-independent decoder work, once per slice
+            for index in objects:
+                label = index + 1
+                neighbour = neighbour_masks.get(index)
+                box_256 = middle_boxes[index] if neighbour is None else propagated_box(neighbour, label, middle_boxes[index])
+                low_res_logits, _ = model.decode_prepared(image_side, np.asarray(box_256, dtype=np.float32)[None])
+                mask = postprocessing.mask_from_logits(low_res_logits[0, 0], input_size, (height, width))
+                neighbour_masks[index] = mask
+                if first_masks is not None and z == ranges[index][0]:
+                    first_masks[index] = mask
+                # Labels grow with the box index, so the maximum keeps later objects over earlier ones.
+                np.maximum(segs[z], mask * segs.dtype.type(label), out=segs[z])
+                completed += 1
+                if progress is not None:
+                    progress(completed, total)
+            cache.release(z)
+
+    # Both sweeps visit the slices in order and segment every object whose pass covers the slice, so
+    # objects sharing a slice share its encoder run and decoder preparation. The result equals running
+    # each object alone: an object's prompts depend only on its own masks.
+    middle_masks: dict[int, np.ndarray] = {}
+    sweep(range(depth), upward, {}, middle_masks)  # z_mid .. z_hi, each slice prompted from the slice below
+    sweep(range(depth - 1, -1, -1), downward, dict(middle_masks))  # z_mid - 1 .. z_lo, from the slice above
 
     logger.debug(
         "segmented %d objects in %d slice steps with %d encoder runs; at most %d slice embeddings cached",

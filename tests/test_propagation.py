@@ -14,13 +14,13 @@ import logging
 import numpy as np
 import pytest
 
-from npsam import preprocessing
+from npsam import postprocessing, preprocessing
 from npsam.cases import read_case
 from npsam.propagation import (
     SliceEmbeddingCache,
     count_slice_steps,
     normalize_boxes_3d,
-    propagate_object,
+    pass_ranges,
     propagated_box,
     segment_volume,
     slice_range,
@@ -51,6 +51,7 @@ class BoxModel:
 
     `encode` returns embeddings filled with the slice index, found from the preprocessed input, and
     `decode` records (slice, box_256) and returns logits of +10 inside the box and -10 outside.
+    `prepare_image` returns the embeddings unchanged and `decode_prepared` is `decode`.
     Slices in `empty_slices` decode to an empty mask.
     """
 
@@ -78,6 +79,34 @@ class BoxModel:
             x_min, y_min, x_max, y_max = (int(value) for value in boxes_256[0])
             logits[0, 0, y_min : y_max + 1, x_min : x_max + 1] = 10.0
         return logits, np.ones((1, 1), dtype=np.float32)
+
+    def prepare_image(self, image_embeddings: np.ndarray) -> np.ndarray:
+        return image_embeddings
+
+    def decode_prepared(self, image_side: np.ndarray, boxes_256: np.ndarray):
+        return self.decode(image_side, boxes_256)
+
+
+def _propagate_alone(model, volume: np.ndarray, box: np.ndarray, label: int) -> np.ndarray:
+    """Segment one corrected box on its own, as the module docstring describes; return a (D, H, W) bool mask.
+
+    An independent oracle for `segment_volume`: no cache, no sweeps, one `model.decode` per slice.
+    """
+    depth, height, width = volume.shape[:3]
+    z_lo, z_mid, z_hi = slice_range(box)
+    middle = preprocessing.scale_boxes_to_256(box[[0, 1, 3, 4]][None], (height, width))[0]
+    masks = np.zeros((depth, height, width), dtype=bool)
+
+    def run(z, prompt):
+        input_image, input_size = preprocessing.preprocess_image(volume[z])
+        logits, _ = model.decode(model.encode(input_image), np.asarray(prompt, dtype=np.float32)[None])
+        masks[z] = postprocessing.mask_from_logits(logits[0, 0], input_size, (height, width))
+
+    for z in range(z_mid, z_hi + 1):
+        run(z, middle if z == z_mid else propagated_box(masks[z - 1], label, middle))
+    for z in range(z_mid - 1, z_lo - 1, -1):
+        run(z, propagated_box(masks[z + 1], label, middle))
+    return masks
 
 
 def _distinct_volume(depth=8, height=40, width=50, seed=0) -> np.ndarray:
@@ -255,14 +284,9 @@ def test_propagation_box_beyond_volume_equals_clipped(caplog):
 
 
 def _object_mask(volume, box, label) -> np.ndarray:
-    """Return the (D, H, W) bool mask of one object propagated alone with its own model and cache."""
-    model = BoxModel(volume)
+    """Return the (D, H, W) bool mask of one object propagated alone with its own model."""
     corrected = normalize_boxes_3d(np.array([box]), volume.shape)
-    cache = SliceEmbeddingCache(model, volume, slice_uses(corrected, volume.shape[0]))
-    z_lo, mask = propagate_object(model, cache, corrected[0], label, volume.shape[1:])
-    full = np.zeros(volume.shape, dtype=bool)
-    full[z_lo : z_lo + len(mask)] = mask
-    return full
+    return _propagate_alone(BoxModel(volume), volume, corrected[0], label)
 
 
 def test_propagation_later_object_wins():
@@ -288,10 +312,7 @@ def test_propagation_shared_cache_changes_nothing():
     expected = np.zeros_like(shared)
     corrected = normalize_boxes_3d(boxes, volume.shape)
     for label, box in enumerate(corrected, start=1):
-        model = BoxModel(volume)
-        cache = SliceEmbeddingCache(model, volume, slice_uses(box[None], volume.shape[0]))
-        z_lo, mask = propagate_object(model, cache, box, label, volume.shape[1:])
-        expected[z_lo : z_lo + len(mask)][mask] = label
+        expected[_propagate_alone(BoxModel(volume), volume, box, label)] = label
     np.testing.assert_array_equal(shared, expected)
 
 
@@ -305,23 +326,43 @@ def test_propagation_encodes_each_slice_once():
     assert len(model.decoded) == 4 + 3 + 8
 
 
-def test_cache_evicts_slices_no_longer_needed():
+def test_pass_ranges_and_sweep_uses():
+    boxes = normalize_boxes_3d(np.array([[5, 6, 0, 30, 25, 3], [20, 15, 2, 45, 35, 5], [0, 0, 6, 49, 39, 7]]), (8, 40, 50))
+    upward, downward = pass_ranges(boxes)
+
+    assert upward == [(1, 3), (3, 5), (6, 7)]
+    assert downward == [(0, 0), (2, 2), (6, 5)]  # the third object's downward pass is empty
+    # Slice 2 is read by both sweeps: by object 1 going up and by object 2 going down.
+    np.testing.assert_array_equal(slice_uses(boxes, 8), [1, 1, 2, 1, 1, 1, 1, 1])
+
+
+def test_cache_evicts_after_last_use():
     volume = _distinct_volume()
     model = BoxModel(volume)
-    boxes = normalize_boxes_3d(np.array([[5, 6, 0, 30, 25, 3], [20, 15, 2, 45, 35, 5], [0, 0, 6, 49, 39, 7]]), volume.shape)
-    cache = SliceEmbeddingCache(model, volume, slice_uses(boxes, 8))
+    cache = SliceEmbeddingCache(model, volume, np.array([0, 0, 2, 1, 0, 0, 0, 0]))
 
-    held_after_object = []
-    for label, box in enumerate(boxes, start=1):
-        propagate_object(model, cache, box, label, volume.shape[1:])
-        held_after_object.append(sorted(z for z in range(8) if z in cache))
-
-    # Slices 2 and 3 wait for object 2; nothing is left at the end.
-    assert held_after_object == [[2, 3], [], []]
-    assert cache.encoder_runs == 8
-    assert cache.max_cached == 3  # slices 2, 3 and the one being segmented
+    cache.get(2)
+    cache.release(2)
+    assert 2 in cache, "slice 2 has a second use left"
+    cache.get(3)
+    cache.release(3)
+    assert 3 not in cache
+    cache.get(2)
+    cache.release(2)
+    assert len(cache) == 0
+    assert cache.encoder_runs == 2
+    assert cache.max_cached == 2
     with pytest.raises(KeyError, match="no remaining use"):
-        cache.get(0)
+        cache.get(2)
+
+
+def test_propagation_max_cached_slices(caplog):
+    volume = _distinct_volume()
+    boxes = np.array([[5, 6, 0, 30, 25, 3], [20, 15, 2, 45, 35, 5], [0, 0, 6, 49, 39, 7]])
+    with caplog.at_level(logging.DEBUG, logger="npsam.propagation"):
+        segment_volume(BoxModel(volume), volume, boxes)
+    # Only slice 2 waits between the sweeps, so at most it and the slice being segmented are held.
+    assert "8 encoder runs; at most 2 slice embeddings cached" in caplog.text
 
 
 def test_cache_embeddings_are_read_only():
@@ -350,9 +391,9 @@ def test_propagation_more_than_255_objects():
     assert 300 in segs[1]
     assert 255 not in segs  # drawn over by object 300
     # Object 300 resizes its mask with value 255, so it gets object 255's propagated prompt.
-    prompts_255 = [box for z, box in model.decoded[254 : 254 + 2]]
-    prompts_300 = [box for z, box in model.decoded[-2:]]
-    assert prompts_255 == prompts_300
+    prompts_on_slice_1 = [box for z, box in model.decoded if z == 1]  # objects 255 and 300, in box order
+    assert len(prompts_on_slice_1) == 2
+    assert prompts_on_slice_1[0] == prompts_on_slice_1[1]
     assert sorted(set(model.encoded)) == [0, 1]
 
 
@@ -485,8 +526,6 @@ def test_more_than_255_objects_real_volume(data_dir, npsam_model, litemedsam_ref
 
     # Slice 9 is prompted from slice 8's mask resized with value 255, so it equals object 255's result.
     corrected = normalize_boxes_3d(boxes[-1:], case.imgs.shape)
-    cache = SliceEmbeddingCache(npsam_model, case.imgs, slice_uses(corrected, case.imgs.shape[0]))
-    z_lo, mask = propagate_object(npsam_model, cache, corrected[0], 255, case.imgs.shape[1:])
-    assert z_lo == 8
-    np.testing.assert_array_equal(segs[9] == 256, mask[1])
-    assert mask[1].any()
+    mask = _propagate_alone(npsam_model, case.imgs, corrected[0], 255)
+    np.testing.assert_array_equal(segs[9] == 256, mask[9])
+    assert mask[9].any()
