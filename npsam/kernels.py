@@ -559,6 +559,18 @@ def _classify_cells(logits, height, width):
     return cells
 
 
+@njit(cache=True)
+def _output_span(index0, first, last):
+    """Return (start, stop) of the output indices d whose source index index0[d] lies in [first, last]."""
+    start = 0
+    while start < index0.size and index0[start] < first:
+        start += 1
+    stop = index0.size
+    while stop > start and index0[stop - 1] > last:
+        stop -= 1
+    return start, stop
+
+
 @njit(cache=True, parallel=True)
 def paint_bilinear_foreground(logits, in_height, in_width, out, label, y_index0, y_index1, y_lambda0, y_lambda1,
                               x_index0, x_index1, x_lambda0, x_lambda1):
@@ -570,12 +582,20 @@ def paint_bilinear_foreground(logits, in_height, in_width, out, label, y_index0,
     """
     cells = _classify_cells(logits, in_height, in_width)
     out_height, out_width = out.shape
-    for dy in prange(out_height):
+    # Only pixels whose cell is not certainly negative can be painted: restrict both loops to the
+    # output rows and columns that read such cells (the index tables grow with the output index).
+    rows = np.flatnonzero((cells >= 0).sum(axis=1))
+    if rows.size == 0:
+        return
+    columns = np.flatnonzero((cells >= 0).sum(axis=0))
+    dy_start, dy_stop = _output_span(y_index0, rows[0], rows[-1])
+    dx_start, dx_stop = _output_span(x_index0, columns[0], columns[-1])
+    for dy in prange(dy_start, dy_stop):
         y0 = y_index0[dy]
         y1 = y_index1[dy]
         h0 = y_lambda0[dy]
         h1 = y_lambda1[dy]
-        for dx in range(out_width):
+        for dx in range(dx_start, dx_stop):
             x0 = x_index0[dx]
             cell = cells[y0, x0]
             if cell > 0:
