@@ -22,7 +22,8 @@ match any whitespace, integers must be equal and decimals may differ by 2 % or 0
 larger. Timings and temporary paths are therefore written as "...".
 
 Each page runs in a fresh temporary folder. The example files that the pages take from installed
-packages (pydicom's and nibabel's test files) are read in place. The stardist nuclei image that a user
+packages (pydicom's and nibabel's test files) are read in place, or copied into that folder by a
+block of the page itself. The stardist nuclei image that a user
 downloads with the README's first command is prepared here without network access: a stand-in
 `demo-data/stardist-0.9.2-py3-none-any.whl` archive contains `img2d.tif` and `mask2d.tif` from
 `$NPSAM_DATA_DIR/stardist_dsb2018_nuclei/raw`, the same files the real wheel carries.
@@ -52,7 +53,7 @@ TOP_README = "../README.md"
 NOT_RUN_MARK = re.compile(r"^<!--\s*not run:\s*(?P<reason>.+?)\s*-->$")
 RUN_LANGUAGES = ("python", "bash", "console")
 SHOWN_LANGUAGES = ("text",)
-# Seconds one page may take; the slowest page (python-api.md) took 35 s on 2 shared cores.
+# Seconds one page may take; the slowest page (command-line.md, 7 npsam segment runs) took 72 s on 2 shared cores.
 PAGE_TIMEOUT = 900
 
 # (page, first line of the block) of every block marked `<!-- not run: ... -->`.
