@@ -792,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image inputs only: intensity to uint8. A CT preset in HU as level/width: "
         f"{presets}; or LEVEL,WIDTH numbers (e.g. 40,400); 'percentile' (0.5-99.5 percentiles of the voxels above 0 to "
         "0..255, zeros kept); 'none' (values already 0..255); or 'auto' (default): soft-tissue for DICOM CT "
-        "and for whole-number images below -500, unchanged uint8, otherwise percentile",
+        "and for whole-number images reaching -900 or below (at most 4095), unchanged uint8, otherwise percentile",
     )
     segment.add_argument(
         "--overlay",

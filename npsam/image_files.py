@@ -45,8 +45,8 @@ Intensity to uint8 (`to_uint8`), the model input
 - `none`: uint8 is used as is. Other dtypes are accepted only when every value is a whole number in
   0..255.
 - `auto` (default): DICOM Modality CT gives `soft-tissue`. A uint8 image is used as is. An image of
-  unknown modality (NIfTI, TIFF) with whole-number values below -500 looks like Hounsfield units and
-  gets `soft-tissue`. Anything else gets `percentile`. The choice and its reason are logged at INFO.
+  unknown modality (NIfTI, TIFF) with whole-number values from -900 or below up to at most 4095
+  looks like Hounsfield units and gets `soft-tissue`. Anything else gets `percentile`. The choice and its reason are logged at INFO.
 - NaN or infinite values raise `ImageFileError`. They have no place in a window or a percentile,
   so replace them first (for example with `numpy.nan_to_num`).
 
@@ -78,6 +78,7 @@ __all__ = [
     "ImageFileError",
     "MissingDependencyError",
     "WINDOW_PRESETS",
+    "AUTO_HU_MAXIMUM",
     "AUTO_HU_THRESHOLD",
     "read_image_file",
     "is_image_file",
@@ -105,9 +106,11 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
 }
 AUTO_WINDOWS = ("auto", "percentile", "none")
-# `auto` treats whole-number images of unknown modality reaching below this value as CT in HU:
-# air is about -1000 HU, while MR and microscopy intensities are rarely negative.
-AUTO_HU_THRESHOLD = -500.0
+# `auto` treats a whole-number image of unknown modality as CT in HU when it reaches this value or
+# below (air is about -1000 HU; MR volumes can have smaller negative values after processing, such as
+# -610 in nibabel's anatomical.nii) and stays within the 12-bit range of CT values.
+AUTO_HU_THRESHOLD = -900.0
+AUTO_HU_MAXIMUM = 4095.0
 PERCENTILE_RANGE = (0.5, 99.5)
 
 # Optional module -> (extra that installs it, file format it reads).
@@ -645,10 +648,11 @@ def choose_window(array: np.ndarray, modality: str | None = None) -> tuple[str |
     if array.dtype == np.uint8:
         return "none", "the image is already uint8"
     minimum = float(array.min())
-    if modality is None and minimum < AUTO_HU_THRESHOLD and _is_whole_numbers(array):
+    maximum = float(array.max())
+    if modality is None and minimum <= AUTO_HU_THRESHOLD and maximum <= AUTO_HU_MAXIMUM and _is_whole_numbers(array):
         return WINDOW_PRESETS["soft-tissue"], (
-            f"whole-number values reach {minimum:g} < {AUTO_HU_THRESHOLD:g}, which looks like CT in Hounsfield "
-            f"units, so soft-tissue (level 40, width 400 HU)"
+            f"whole-number values {minimum:g}..{maximum:g} reach {AUTO_HU_THRESHOLD:g} or below, which looks like "
+            f"CT in Hounsfield units, so soft-tissue (level 40, width 400 HU)"
         )
     described = f"modality {modality}" if modality else f"{array.dtype} values {minimum:g}..{float(array.max()):g}"
     return "percentile", f"{described}, so the 0.5-99.5 percentile normalisation"

@@ -135,6 +135,19 @@ def test_auto_window_choices(data_dir, caplog):
     assert image_files.choose_window(mr.astype(np.uint16), "CT")[0] == (40.0, 400.0)
 
 
+def test_auto_window_mr_with_negative_values():
+    import nibabel
+
+    # nibabel's anatomical.nii is a head MR whose values reach -610 (and 30393): not Hounsfield units.
+    path = Path(nibabel.__file__).resolve().parent / "tests" / "data" / "anatomical.nii"
+    array = image_files.read_image_file(path).array
+    assert array.min() < -500
+    assert image_files.choose_window(array)[0] == "percentile"
+    # The same values shifted into the CT range, reaching air at -1000, count as HU.
+    as_ct = np.clip(array.astype(np.int32) - 1000, -1024, 3071)
+    assert image_files.choose_window(as_ct)[0] == image_files.WINDOW_PRESETS["soft-tissue"]
+
+
 def test_window_presets_and_parsing():
     assert image_files.WINDOW_PRESETS["soft-tissue"] == (40.0, 400.0)
     for name in ("lung", "bone", "brain", "liver", "abdomen", "mediastinum"):
