@@ -232,6 +232,14 @@ def _write_overlays(output_dir: Path, name: str, image, segs, boxes, is_3d: bool
     write_case_overlays(output_dir, name, image, segs, boxes, is_3d, input_path=input_path)
 
 
+def _write_label_preview(path: Path, segs, input_path) -> None:
+    """Write a visible RGB copy of a 2D label map whose labels exceed a PNG palette (above 255)."""
+    from npsam.overlay import write_label_png
+
+    write_label_png(path, segs, input_path=input_path)
+    logger.info("labels above 255: the exact labels are in the 16-bit PNG, a coloured copy is in %s", path)
+
+
 def _check_overlay_support() -> None:
     """Fail before any work when --overlay cannot write PNG files."""
     from npsam.overlay import _import_pillow
@@ -516,6 +524,8 @@ def command_segment_image(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             segs = segment_case(case, predictor, progress=lambda completed, total: reporter.update(0, completed, total))
             write_label_file(output_path, segs, image)
+            if not image.is_volume and segs.dtype != np.uint8:
+                _write_label_preview(output_dir / f"{image.name}_labels_preview.png", segs, input_path)
             if args.overlay:
                 _write_overlays(output_dir, image.name, imgs, segs, boxes, image.is_volume, input_path)
             seconds = read_seconds + time.perf_counter() - start

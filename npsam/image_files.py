@@ -57,7 +57,8 @@ Writing (`write_label_file`), always through a temporary file in the output fold
 - 2D input: a palettised PNG (mode "P"): the pixel value is the label and the palette is
   `npsam.overlay.label_palette`, the colours of the overlays: label 0 black and labels 1..255
   distinct visible colours. More than 255 labels do not fit a palette,
-  so they are written as a 16-bit grey PNG (exact values, but dark in an ordinary viewer).
+  so they are written as a 16-bit grey PNG (exact values, but dark in an ordinary viewer; `npsam
+  segment` then also writes a coloured copy with `npsam.overlay.write_label_png`).
 """
 
 from __future__ import annotations

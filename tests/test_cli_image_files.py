@@ -153,3 +153,26 @@ def test_segment_mixed_dicom_series_rejected(tmp_path, pydicom_data, capsys):
     status = cli.main(["segment", str(folder), "--box", "0", "0", "0", "5", "5", "1", "-o", str(tmp_path / "out")])
     assert status == 1
     assert "DICOM series" in capsys.readouterr().err
+
+
+def test_segment_image_over_255_boxes_writes_preview(tmp_path, data_dir, capsys):
+    from PIL import Image
+
+    # 256 small boxes tiled over the 512x512 nuclei image: the labels need a 16-bit PNG.
+    corners = [(x, y) for y in range(0, 512, 32) for x in range(0, 512, 32)]
+    argv = ["segment", str(data_dir / "stardist_dsb2018_nuclei/raw/img2d.tif"), "-o", str(tmp_path / "out")]
+    for x, y in corners:
+        argv += ["--box", str(x + 4), str(y + 4), str(x + 27), str(y + 27)]
+
+    status = cli.main(argv)
+    assert status == 0, capsys.readouterr().err
+
+    with Image.open(tmp_path / "out" / "img2d_labels.png") as exact:
+        labels = np.asarray(exact)
+    with Image.open(tmp_path / "out" / "img2d_labels_preview.png") as preview:
+        assert preview.mode == "RGB"
+        colours = np.asarray(preview)
+    assert labels.max() > 255
+    labelled = labels > 0
+    assert colours[labelled].max(axis=-1).min() >= 128, "every labelled pixel has a bright colour"
+    assert not colours[~labelled].any(), "the background stays black"
