@@ -143,17 +143,83 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
     return out
 
 
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def upscale_norm_gelu(blocks, bias, weight, norm_bias, eps):
+    """Finish SAM's first upscaling step: scatter, bias, LayerNorm2d and GELU in one pass.
+
+    blocks: (H, W, 4 * C) output of the 2x2 stride-2 transposed convolution's GEMM, ordered (a, b, c)
+    for output pixel (2i + a, 2j + b). Returns the (2H, 2W, C) float32 activations, each pixel
+    normalised over its C channels (mean and variance accumulated in float64) and passed through GELU.
+    """
+    height, width, _ = blocks.shape
+    channels = bias.size
+    out = np.empty((2 * height, 2 * width, channels), dtype=np.float32)
+    for i in prange(height):
+        row = np.empty(channels, dtype=np.float32)
+        exponent_bits = np.empty(channels, dtype=np.int32)
+        tail = np.empty(channels, dtype=np.float32)
+        for j in range(width):
+            for k in range(4):
+                base = k * channels
+                mean = 0.0
+                for c in range(channels):
+                    value = blocks[i, j, base + c] + bias[c]
+                    row[c] = value
+                    mean += value
+                mean /= channels
+                var = 0.0
+                for c in range(channels):
+                    d = row[c] - mean
+                    var += d * d
+                var /= channels
+                inv = 1.0 / math.sqrt(var + eps)
+                for c in range(channels):
+                    row[c] = np.float32((row[c] - mean) * inv) * weight[c] + norm_bias[c]
+                _gelu_span(row, 0, channels, exponent_bits, tail)
+                out[2 * i + k // 2, 2 * j + k % 2, :] = row
+    return out
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def upscale_gelu_project(blocks, bias, hyper):
+    """Finish SAM's second upscaling step and apply the hypernetwork weights in one pass.
+
+    blocks: (H, W, 4 * C) GEMM output of the second transposed convolution, ordered (a, b, c) for output
+    pixel (2i + a, 2j + b); hyper: (C,) weights of the mask token. Returns the (2H, 2W) float32 mask
+    logits sum_c GELU(blocks + bias)[c] * hyper[c], without storing the (2H, 2W, C) features.
+    """
+    height, width, _ = blocks.shape
+    channels = bias.size
+    out = np.empty((2 * height, 2 * width), dtype=np.float32)
+    for i in prange(height):
+        row = np.empty(channels, dtype=np.float32)
+        exponent_bits = np.empty(channels, dtype=np.int32)
+        tail = np.empty(channels, dtype=np.float32)
+        for j in range(width):
+            for k in range(4):
+                base = k * channels
+                for c in range(channels):
+                    row[c] = blocks[i, j, base + c] + bias[c]
+                _gelu_span(row, 0, channels, exponent_bits, tail)
+                total = np.float32(0.0)
+                for c in range(channels):
+                    total += row[c] * hyper[c]
+                out[2 * i + k // 2, 2 * j + k % 2] = total
+    return out
+
+
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
-def _exp_nonpositive_inplace(values, count, exponent_bits):
-    """Replace values[:count], each <= 0, with their exponential (about 1 ulp; below exp(-87) as exp(-87)).
+def _exp_nonpositive_span(flat, start, stop, exponent_bits):
+    """Replace flat[start:stop], each <= 0, with its exponential (about 1 ulp; below exp(-87) as exp(-87)).
 
     The same branch-free construction as in `_gelu_span`, so that LLVM vectorises it; `exponent_bits`
-    is int32 scratch of at least `count` items.
+    is int32 scratch of at least stop - start items.
     """
     one = np.float32(1.0)
     half = np.float32(0.5)
+    count = stop - start
     for i in range(count):
-        y = max(values[i], _EXP_MIN_ARGUMENT)
+        y = max(flat[start + i], _EXP_MIN_ARGUMENT)
         exponent = np.int32(y * _LOG2E - half)  # y <= 0, so truncation rounds y * log2(e) to nearest
         n = np.float32(exponent)
         f = y - n * _LN2_HIGH - n * _LN2_LOW
@@ -163,11 +229,44 @@ def _exp_nonpositive_inplace(values, count, exponent_bits):
         e = e * f + np.float32(4.1665795894e-2)
         e = e * f + np.float32(1.6666665459e-1)
         e = e * f + np.float32(5.0000001201e-1)
-        values[i] = e * f * f + f + one
+        flat[start + i] = e * f * f + f + one
         exponent_bits[i] = (exponent + np.int32(127)) << np.int32(23)
     scale = exponent_bits[:count].view(np.float32)  # 2**n
     for i in range(count):
-        values[i] *= scale[i]
+        flat[start + i] *= scale[i]
+
+
+_SOFTMAX_BLOCK_ROWS = 256
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def softmax_inplace(x):
+    """Softmax over the last axis of a contiguous (rows, n) float32 array, in place.
+
+    Rows are handled in blocks: subtract each row's maximum, exponentiate the whole block in one
+    vectorised pass, then scale each row by the inverse of its sum.
+    """
+    rows, n = x.shape
+    flat = x.reshape(-1)
+    blocks = (rows + _SOFTMAX_BLOCK_ROWS - 1) // _SOFTMAX_BLOCK_ROWS
+    for block in prange(blocks):
+        first = block * _SOFTMAX_BLOCK_ROWS
+        last = min(first + _SOFTMAX_BLOCK_ROWS, rows)
+        for r in range(first, last):
+            peak = flat[r * n]
+            for j in range(1, n):
+                peak = max(peak, flat[r * n + j])
+            for j in range(n):
+                flat[r * n + j] -= peak
+        exponent_bits = np.empty((last - first) * n, dtype=np.int32)
+        _exp_nonpositive_span(flat, first * n, last * n, exponent_bits)
+        for r in range(first, last):
+            total = np.float32(0.0)
+            for j in range(n):
+                total += flat[r * n + j]
+            inverse = np.float32(1.0) / total
+            for j in range(n):
+                flat[r * n + j] *= inverse
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
@@ -224,7 +323,7 @@ def window_attention(qkv, attention_bias, height, width, window, num_heads, head
                 max_logit = max(max_logit, value)
             for j in range(tokens):
                 logits[j] -= max_logit
-            _exp_nonpositive_inplace(logits, tokens, exponent_bits)
+            _exp_nonpositive_span(logits, 0, tokens, exponent_bits)
             total = np.float32(0.0)
             for j in range(tokens):
                 total += logits[j]

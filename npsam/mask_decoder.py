@@ -27,32 +27,22 @@ def mlp(x, layers):
     return x
 
 
-def conv_transpose_2x2(x, conv):
-    """Transposed convolution with kernel 2 and stride 2 on (B, H, W, Cin) -> (B, 2H, 2W, Cout).
+def upscaled_logits(image_tokens, upscaling, hyper_in, grid_size):
+    """Mask logits of one box: its (L, 256) image tokens upscaled 4x and weighted by its (32,) hyper_in.
 
-    Kernel and stride are equal, so output blocks do not overlap and the whole layer is one GEMM with the
-    weight laid out as (Cin, 2 * 2 * Cout).
+    Two transposed convolutions with kernel 2 and stride 2, the first followed by LayerNorm2d and GELU
+    and the second by GELU, then the product with the hypernetwork output; returns (4*grid, 4*grid)
+    float32 logits. Kernel and stride are equal, so output blocks do not overlap and each convolution
+    is one GEMM with its weight laid out as (Cin, 2 * 2 * Cout).
+    Each step's scatter, bias and activations are fused with the next read, so the (4g, 4g, 32)
+    features are never stored.
     """
-    batch, height, width, _ = x.shape
-    out_channels = conv["bias"].shape[0]
-    out = x.reshape(-1, x.shape[-1]) @ conv["weight"]  # (B*H*W, 2*2*Cout) ordered (a, b, o)
-    out = out.reshape(batch, height, width, 2, 2, out_channels)
-    out = out.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, out_channels)
-    out += conv["bias"]
-    return out
-
-
-def upscale(image_tokens, upscaling, grid_size):
-    """(B, L, 256) image tokens to (B, 4*grid, 4*grid, 32) per-pixel mask features."""
-    batch, _, channels = image_tokens.shape
-    x = image_tokens.reshape(batch, grid_size, grid_size, channels)
-    x = conv_transpose_2x2(x, upscaling["0"])  # (B, 2g, 2g, 64)
-    shape = x.shape
-    x = kernels.layer_norm(x.reshape(-1, shape[-1]), upscaling["1"]["weight"], upscaling["1"]["bias"], UPSCALING_LN_EPS)
-    kernels.gelu_inplace(x)
-    x = conv_transpose_2x2(x.reshape(shape), upscaling["3"])  # (B, 4g, 4g, 32)
-    kernels.gelu_inplace(x)
-    return x
+    first, norm, second = upscaling["0"], upscaling["1"], upscaling["3"]
+    blocks = (image_tokens @ first["weight"]).reshape(grid_size, grid_size, -1)  # (g, g, 2*2*64)
+    x = kernels.upscale_norm_gelu(blocks, first["bias"], norm["weight"], norm["bias"], UPSCALING_LN_EPS)
+    size = 2 * grid_size
+    blocks = (x.reshape(size * size, -1) @ second["weight"]).reshape(size, size, -1)  # (2g, 2g, 2*2*32)
+    return kernels.upscale_gelu_project(blocks, second["bias"], np.ascontiguousarray(hyper_in, dtype=np.float32))
 
 
 def decode_masks(image_side, sparse_prompt_embeddings: np.ndarray, params, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -75,11 +65,11 @@ def decode_masks(image_side, sparse_prompt_embeddings: np.ndarray, params, confi
     iou_token_out = hidden_states[:, 0]  # (B, E)
     mask_token_out = hidden_states[:, 1]  # (B, E): mask token 0 only (multimask_output=False)
 
-    features = upscale(image_tokens, params["output_upscaling"], config.image_embedding_size)  # (B, S, S, 32)
     hyper_in = mlp(mask_token_out, params["output_hypernetworks_mlps"]["0"]["layers"])  # (B, 32)
-    size = features.shape[1]
-    low_res_logits = np.matmul(features.reshape(batch, size * size, -1), hyper_in[:, :, None])  # (B, S*S, 1)
-    low_res_logits = low_res_logits.reshape(batch, 1, size, size)
+    grid = config.image_embedding_size
+    low_res_logits = np.stack(
+        [upscaled_logits(image_tokens[b], params["output_upscaling"], hyper_in[b], grid) for b in range(batch)]
+    )[:, None]  # (B, 1, 4g, 4g)
 
     iou_predictions = mlp(iou_token_out, params["iou_prediction_head"]["layers"])[:, :1]  # (B, 1)
     return low_res_logits, iou_predictions

@@ -35,9 +35,9 @@ def layer_norm(x, norm):
 
 
 def softmax(logits):
-    logits = logits - logits.max(axis=-1, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis, computed in place on `logits` (a fresh array of the caller's)."""
+    logits = np.ascontiguousarray(logits)
+    kernels.softmax_inplace(logits.reshape(-1, logits.shape[-1]))
     return logits
 
 
