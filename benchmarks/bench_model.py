@@ -11,8 +11,8 @@ Reported, as medians after warm-up runs:
   counted by `npsam.config.multiply_adds`) against the single-precision GEMM rate NumPy's BLAS reaches
   on a 2048x2048 product in the same run;
 - one box on a new slice (the decoder's box-independent work plus one box), each extra box on an
-  already encoded slice, and the per-box time of 16 boxes on one slice (`Model.decode`, which npsam
-  runs one box at a time; PyTorch gets the 16 boxes as one batch). PyTorch and OpenVINO have no split
+  already encoded slice, and the per-box time of 16 boxes on one slice. For the last, npsam runs
+  `Model.decode`, which decodes one box at a time, and PyTorch gets the 16 boxes as one batch. PyTorch and OpenVINO have no split
   between the two kinds of work, so their extra box costs a whole one-box decode;
 - cold start: a fresh process from launch to its first encoder call and to the end of that call, for
   npsam with an empty and a warm compile cache, and for the reference.

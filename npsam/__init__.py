@@ -15,11 +15,10 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-# Thread-pool settings read by OpenMP (Numba's parallel kernels) and OpenBLAS (NumPy's matrix products)
-# when each library loads. npsam alternates between the two pools hundreds of times per slice, and by
-# default each pool keeps spinning on the 2 cores after its work is done, which slowed the image encoder
-# by 1.3x to 1.7x and a one-box decode by 2.5x on a 2-core machine (see benchmarks/README.md). A value
-# the user has set is kept.
+# Thread-pool settings that OpenMP (Numba's parallel kernels) and OpenBLAS (NumPy's matrix products) read
+# when each library loads. npsam switches between the two pools hundreds of times per slice. By default
+# each pool keeps its threads spinning after its work is done, so the two pools compete for the cores;
+# benchmarks/README.md gives the measured cost. A value the user has set is kept.
 THREAD_POOL_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # NOTE: OpenBLAS reads its variable when NumPy is first imported; when NumPy was imported before npsam,
 # only child processes (such as `npsam segment --workers`) get it. `npsam.model.load_model` logs a hint.

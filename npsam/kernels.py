@@ -185,8 +185,8 @@ def upscale_gelu_project(blocks, bias, hyper):
     """Finish SAM's second upscaling step and apply the hypernetwork weights in one pass.
 
     blocks: (H, W, 4 * C) GEMM output of the second transposed convolution, ordered (a, b, c) for output
-    pixel (2i + a, 2j + b); hyper: (C,) weights of the mask token. Returns the (2H, 2W) float32 mask
-    logits sum_c GELU(blocks + bias)[c] * hyper[c], without storing the (2H, 2W, C) features.
+    pixel (2i + a, 2j + b). hyper: (C,) weights of the mask token. Returns the (2H, 2W) float32 mask
+    logits sum_c GELU(blocks + bias)[c] * hyper[c]. The (2H, 2W, C) features are never stored.
     """
     height, width, _ = blocks.shape
     channels = bias.size

@@ -30,10 +30,10 @@ def mlp(x, layers):
 def upscaled_logits(image_tokens, upscaling, hyper_in, grid_size):
     """Mask logits of one box: its (L, 256) image tokens upscaled 4x and weighted by its (32,) hyper_in.
 
-    Two transposed convolutions with kernel 2 and stride 2, the first followed by LayerNorm2d and GELU
-    and the second by GELU, then the product with the hypernetwork output; returns (4*grid, 4*grid)
-    float32 logits. Kernel and stride are equal, so output blocks do not overlap and each convolution
-    is one GEMM with its weight laid out as (Cin, 2 * 2 * Cout).
+    The tokens pass two transposed convolutions with kernel 2 and stride 2. LayerNorm2d and GELU follow
+    the first and GELU the second, and the product with the hypernetwork output gives the (4*grid,
+    4*grid) float32 logits. Kernel and stride are equal, so output blocks do not overlap and each
+    convolution is one GEMM with its weight laid out as (Cin, 2 * 2 * Cout).
     Each step's scatter, bias and activations are fused with the next read, so the (4g, 4g, 32)
     features are never stored.
     """

@@ -24,8 +24,8 @@ __all__ = ["Model", "load_model", "derive_parameters", "DECODE_BATCH_SIZE"]
 logger = logging.getLogger(__name__)
 
 BATCH_NORM_EPS = 1e-5
-# Boxes decoded together. Each box's activations take about 20 MB, so one box at a time stays in the
-# caches: on 2 cores it was the fastest per box (27-32 ms, against 45-51 ms per box in batches of 16).
+# Boxes decoded together. Each box's activations take about 20 MB, and one box at a time keeps them in
+# the caches. On 2 cores it was the fastest per box: 27-32 ms, against 45-51 ms in batches of 16.
 DECODE_BATCH_SIZE = 1
 
 
