@@ -34,8 +34,18 @@ def layer_norm(x, norm):
     return out.reshape(shape)
 
 
+# Rows at least this long go through NumPy, whose reductions vectorise along a row; shorter rows (the
+# 7 tokens of image-to-token attention) go through the Numba kernel, which vectorises across rows.
+SHORT_SOFTMAX_ROWS = 64
+
+
 def softmax(logits):
     """Softmax over the last axis, computed in place on `logits` (a fresh array of the caller's)."""
+    if logits.shape[-1] >= SHORT_SOFTMAX_ROWS:
+        logits -= logits.max(axis=-1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=-1, keepdims=True)
+        return logits
     logits = np.ascontiguousarray(logits)
     kernels.softmax_inplace(logits.reshape(-1, logits.shape[-1]))
     return logits
