@@ -7,10 +7,10 @@ Table 5: seconds per case on an AMD EPYC 7402, each case timed as one whole proc
 For every model (litemedsam, swiftmedsam-v1, swiftmedsam-v2) and case, four engines run:
   (a) reference         the PyTorch reference pipeline (tests/reference), which re-runs the image
                         encoder for every slice of every 3D object, as the timed baseline script does;
-  (b) npsam-per-object  npsam with the same pipeline: each 3D object gets a fresh slice-embedding
-                        cache, and 2D boxes are decoded one at a time;
+  (b) npsam-per-object  npsam with the same pipeline: each 3D object encodes its slices again, and
+                        every box runs the whole decoder, 2D boxes one at a time;
   (c) npsam             the normal npsam path (`npsam segment`): each slice is encoded once for all
-                        objects, and 2D boxes are decoded in batches;
+                        objects, and the decoder's box-independent work is done once per slice;
   (d) openvino          the reference's encoder and box decoder converted with
                         `openvino.convert_model`, run in float32 with npsam's pre/postprocessing
                         and the same embedding reuse as (c).
