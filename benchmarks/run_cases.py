@@ -188,7 +188,7 @@ class NpsamRunner:
 
 
 class NpsamPerObjectRunner(NpsamRunner):
-    """(b): npsam with the reference's pipeline: a fresh embedding cache per 3D object, one box per decode."""
+    """(b): npsam with the reference's pipeline: each 3D object encodes its slices again, one box per decode."""
 
     def segment(self, imgs, boxes, is_3d: bool):
         if is_3d:
