@@ -19,12 +19,25 @@ TOKEN_LN_EPS = 1e-5  # nn.LayerNorm default, used inside TinyViT attention and M
 NECK_LN_EPS = 1e-6  # SAM's LayerNorm2d in the neck
 
 
-def conv1x1(x, conv):
-    """1x1 convolution (with folded batch norm) on channel-last data: (..., Cin) -> (..., Cout)."""
+_NO_RESIDUAL = np.empty((0, 0), dtype=np.float32)
+
+
+def conv1x1(x, conv, apply_gelu=False, residual=None):
+    """1x1 convolution (with folded batch norm) on channel-last data: (..., Cin) -> (..., Cout).
+
+    With `apply_gelu`, GELU(conv + residual) is returned, the bias, the residual (same shape as the
+    output) and GELU applied in one pass over the output.
+    """
     shape = x.shape
     out = x.reshape(-1, shape[-1]) @ conv["weight"]
-    if "bias" in conv:
-        out += conv["bias"]
+    if apply_gelu:
+        residual = _NO_RESIDUAL if residual is None else residual.reshape(out.shape)
+        kernels.bias_gelu_inplace(out, conv["bias"], residual)
+    else:
+        if "bias" in conv:
+            out += conv["bias"]
+        if residual is not None:
+            out += residual.reshape(out.shape)
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
@@ -33,29 +46,22 @@ def depthwise3x3(x, conv, stride=1, apply_gelu=False):
     return kernels.depthwise_conv3x3(x, conv["weight"], conv["bias"], stride, apply_gelu)
 
 
-def gelu(x):
-    kernels.gelu_inplace(x)
-    return x
-
-
 def patch_embed(image, seq):
     """Stem: two 1x1 Conv2d_BN with a GELU between; (256, 256, 3) -> (256, 256, 64)."""
-    x = gelu(conv1x1(image, seq["0"]))
+    x = conv1x1(image, seq["0"], apply_gelu=True)
     return conv1x1(x, seq["2"])
 
 
 def mbconv(x, conv1, conv2, conv3):
     """Inverted residual block of stage 0; the last GELU comes after the residual addition."""
-    hidden = gelu(conv1x1(x, conv1))  # (H, W, 4C)
+    hidden = conv1x1(x, conv1, apply_gelu=True)  # (H, W, 4C)
     hidden = depthwise3x3(hidden, conv2, apply_gelu=True)
-    out = conv1x1(hidden, conv3)  # (H, W, C)
-    out += x
-    return gelu(out)
+    return conv1x1(hidden, conv3, apply_gelu=True, residual=x)  # (H, W, C): GELU(conv3 + x)
 
 
 def patch_merging(x, conv1, conv2, conv3, stride):
     """Downsample between stages: 1x1 conv, GELU, depthwise 3x3 with `stride`, GELU, 1x1 conv (no activation)."""
-    x = gelu(conv1x1(x, conv1))  # (H, W, Cout)
+    x = conv1x1(x, conv1, apply_gelu=True)  # (H, W, Cout)
     x = depthwise3x3(x, conv2, stride=stride, apply_gelu=True)  # (H/stride, W/stride, Cout)
     return conv1x1(x, conv3)
 
@@ -88,7 +94,7 @@ def window_attention(x, attn, num_heads, window):
 def mlp(x, norm, fc1, fc2):
     """Pre-norm MLP: LayerNorm, Linear C->4C, GELU, Linear 4C->C; (L, C) -> (L, C)."""
     hidden = kernels.layer_norm(x, norm["weight"], norm["bias"], TOKEN_LN_EPS)
-    hidden = gelu(conv1x1(hidden, fc1))
+    hidden = conv1x1(hidden, fc1, apply_gelu=True)
     return conv1x1(hidden, fc2)
 
 

@@ -83,6 +83,27 @@ def gelu_inplace(x):
         _gelu_span(flat, start, min(start + _GELU_CHUNK, flat.size), exponent_bits, tail)
 
 
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def bias_gelu_inplace(x, bias, residual):
+    """Replace each row of a contiguous (rows, C) float32 array with GELU(row + bias [+ residual row]).
+
+    `residual` is a (rows, C) array added after the bias, or a (0, C) array for none. The additions
+    are the same float32 additions as separate passes would make, in the same order.
+    """
+    rows, channels = x.shape
+    with_residual = residual.shape[0] == rows
+    flat = x.reshape(-1)
+    for r in prange(rows):
+        exponent_bits = np.empty(channels, dtype=np.int32)
+        tail = np.empty(channels, dtype=np.float32)
+        for c in range(channels):
+            value = x[r, c] + bias[c]
+            if with_residual:
+                value = value + residual[r, c]
+            x[r, c] = value
+        _gelu_span(flat, r * channels, (r + 1) * channels, exponent_bits, tail)
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def layer_norm(x, weight, bias, eps):
     """Normalise each row of a (rows, C) float32 array over its C channels.
