@@ -25,8 +25,8 @@ _NO_RESIDUAL = np.empty((0, 0), dtype=np.float32)
 def conv1x1(x, conv, apply_gelu=False, residual=None):
     """1x1 convolution (with folded batch norm) on channel-last data: (..., Cin) -> (..., Cout).
 
-    With `apply_gelu`, GELU(conv + residual) is returned, the bias, the residual (same shape as the
-    output) and GELU applied in one pass over the output.
+    With `apply_gelu` it returns GELU(conv + residual). The bias, the optional residual (shaped like the
+    output) and GELU are then applied in one pass over the output.
     """
     shape = x.shape
     out = x.reshape(-1, shape[-1]) @ conv["weight"]
