@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -375,6 +376,16 @@ def command_segment(args: argparse.Namespace) -> int:
     input_path = Path(args.input)
     if _is_image_input(input_path):
         return command_segment_image(args)
+    if (args.box or args.window is not None) and not input_path.exists():
+        raise CommandError(
+            f"input {input_path} not found; --box and --window need an image file (NIfTI, DICOM, PNG, JPEG, "
+            f"TIFF) or a DICOM series folder"
+        )
+    if (args.box or args.window is not None) and not input_path.name.lower().endswith(".npz") and not input_path.is_dir():
+        raise CommandError(
+            f"{input_path} is not a supported image file (NIfTI .nii/.nii.gz, DICOM, PNG, JPEG or TIFF), so "
+            f"--box and --window cannot apply to it; convert it to one of those formats"
+        )
     if args.box or args.window is not None:
         raise CommandError(
             f"--box and --window apply to image files (NIfTI, DICOM, PNG, JPEG, TIFF); the .npz case "
@@ -486,6 +497,7 @@ def command_segment_image(args: argparse.Namespace) -> int:
     """Segment one image file or DICOM series with the --box prompts and write its label map."""
     from npsam.cases import Case, segment_case
     from npsam.image_files import label_file_name, parse_window, read_image_file, to_uint8, write_label_file
+    from npsam.predictor import normalize_boxes
     from npsam.propagation import count_slice_steps, normalize_boxes_3d
 
     input_path = Path(args.input)
@@ -514,9 +526,17 @@ def command_segment_image(args: argparse.Namespace) -> int:
     )
 
     try:
-        steps = count_slice_steps(normalize_boxes_3d(boxes, imgs.shape[:3])) if image.is_volume else 1
+        # Correct the boxes once, before loading the model: a box outside the image fails early, and the
+        # corrections are logged once rather than again inside the segmentation.
+        if image.is_volume:
+            boxes = normalize_boxes_3d(boxes, imgs.shape[:3])
+            steps = count_slice_steps(boxes)
+        else:
+            boxes = normalize_boxes(boxes, imgs.shape[:2])
+            steps = 1
     except ValueError as error:
         raise CommandError(_error_text(error)) from error
+    case = dataclasses.replace(case, boxes=boxes)
     predictor = _load_predictor(args.model)
     reporter = ProgressReporter([steps])
     try:

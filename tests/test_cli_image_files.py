@@ -116,12 +116,17 @@ def test_segment_dicom_folder(tmp_path, pydicom_data):
 def test_segment_image_errors(tmp_path, data_dir, capsys):
     ct = str(data_dir / CT_NIFTI)
     jpeg = str(data_dir / CXR_IMAGE)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
     cases = [
         (["segment", ct, "-o", str(tmp_path / "a")], "needs at least one box"),
         (["segment", ct, "--box", "1", "2", "3", "4", "-o", str(tmp_path / "b")], "--box 1 has 4 numbers"),
         (["segment", jpeg, "--box", "1", "2", "3", "4", "5", "6", "-o", str(tmp_path / "c")], "a 2D image needs 4 numbers"),
         (["segment", ct, "--box", "0", "0", "0", "5", "5", "5", "--window", "sharp", "-o", str(tmp_path / "d")], "invalid window"),
         (["segment", ct, "--box", "500", "500", "0", "600", "600", "1", "-o", str(tmp_path / "e")], "entirely outside"),
+        (["segment", jpeg, "--box", "600", "600", "700", "700", "-o", str(tmp_path / "f")], "entirely outside"),
+        (["segment", str(tmp_path / "missing.png"), "--box", "1", "2", "3", "4", "-o", str(tmp_path / "g")], "missing.png not found"),
+        (["segment", str(notes), "--box", "1", "2", "3", "4", "-o", str(tmp_path / "h")], "not a supported image file"),
     ]
     for argv, message in cases:
         status = cli.main(argv)
@@ -129,6 +134,7 @@ def test_segment_image_errors(tmp_path, data_dir, capsys):
         assert status == 1, argv
         assert message in captured.err, (argv, captured.err)
         assert "Traceback" not in captured.err
+        assert "loading" not in captured.err, "bad input must fail before the model loads"
 
 
 def test_segment_4d_nifti_rejected(tmp_path, capsys):
