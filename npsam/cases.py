@@ -172,7 +172,7 @@ def _check_boxes(path: Path, boxes: np.ndarray, is_3d: bool) -> np.ndarray:
     if not finite.all():
         index = int(np.flatnonzero(~finite)[0])
         raise CaseError(
-            f"{path}: box {index} {boxes[index].tolist()} contains NaN or infinity; give pixel coordinates"
+            f"{path}: box {index + 1} {boxes[index].tolist()} contains NaN or infinity; give pixel coordinates"
         )
     return np.array(boxes, copy=True)
 

@@ -191,7 +191,7 @@ def _check_boxes(boxes, width: int) -> np.ndarray:
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
         index = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-        raise ValueError(f"box {index} {array[index].tolist()} contains NaN or infinity")
+        raise ValueError(f"box {index + 1} {array[index].tolist()} contains NaN or infinity")
     return array
 
 

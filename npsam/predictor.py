@@ -4,7 +4,8 @@ The pipeline is the one of the CVPR 2024 "MedSAM on Laptop" LiteMedSAM baseline:
 to 256 with area interpolation, min-max normalisation, zero padding to 256x256, boxes scaled to that
 frame, one mask per box, then cropping, bilinear resizing back to the image size and sigmoid > 0.5.
 
-Box corrections, applied before scaling and documented for users:
+Box corrections, applied before scaling and documented for users (messages number boxes from 1, as
+their labels are):
 - reversed corners are swapped, so [x_max, y_max, x_min, y_min] means the same box;
 - coordinates outside the image are clipped to the image (a box entirely outside raises an error);
 - coordinates are inclusive pixel indices, so x_min == x_max is a box one pixel wide: it is segmented,
@@ -53,7 +54,7 @@ def normalize_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
     bad = ~np.isfinite(array).all(axis=1)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"box {index} is not finite: {array[index].tolist()}; give pixel coordinates")
+        raise ValueError(f"box {index + 1} is not finite: {array[index].tolist()}; give pixel coordinates")
 
     x0 = np.minimum(array[:, 0], array[:, 2])
     x1 = np.maximum(array[:, 0], array[:, 2])
@@ -61,13 +62,13 @@ def normalize_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
     y1 = np.maximum(array[:, 1], array[:, 3])
     swapped = (array[:, 0] > array[:, 2]) | (array[:, 1] > array[:, 3])
     if swapped.any():
-        logger.info("swapped reversed corners of %d box(es), first: box %d", swapped.sum(), np.flatnonzero(swapped)[0])
+        logger.info("swapped reversed corners of %d box(es), first: box %d", swapped.sum(), np.flatnonzero(swapped)[0] + 1)
 
     outside = (x1 < 0) | (y1 < 0) | (x0 > width - 1) | (y0 > height - 1)
     if outside.any():
         index = int(np.flatnonzero(outside)[0])
         raise ValueError(
-            f"box {index} {array[index].tolist()} lies entirely outside the {width}x{height} (width x height) "
+            f"box {index + 1} {array[index].tolist()} lies entirely outside the {width}x{height} (width x height) "
             f"image; boxes are [x_min, y_min, x_max, y_max] in pixels of this image"
         )
     corrected = np.stack(
@@ -76,7 +77,7 @@ def normalize_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
     )
     clipped = (corrected != np.stack([x0, y0, x1, y1], axis=1)).any(axis=1)
     if clipped.any():
-        logger.info("clipped %d box(es) to the image, first: box %d", clipped.sum(), np.flatnonzero(clipped)[0])
+        logger.info("clipped %d box(es) to the image, first: box %d", clipped.sum(), np.flatnonzero(clipped)[0] + 1)
 
     flat = (corrected[:, 2] == corrected[:, 0]) | (corrected[:, 3] == corrected[:, 1])
     if flat.any():
@@ -84,7 +85,7 @@ def normalize_boxes(boxes, image_size: tuple[int, int]) -> np.ndarray:
         logger.warning(
             "%d box(es) have x_min == x_max or y_min == y_max, first: box %d %s; coordinates are inclusive, "
             "so they are segmented as boxes one pixel wide or high, as the challenge pipeline does",
-            flat.sum(), index, array[index].tolist(),
+            flat.sum(), index + 1, array[index].tolist(),
         )
     return corrected
 

@@ -87,7 +87,7 @@ def normalize_boxes_3d(boxes, volume_shape: tuple[int, int, int]) -> np.ndarray:
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         index = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"3D box {index} is not finite: {array[index].tolist()}; give voxel coordinates")
+        raise ValueError(f"3D box {index + 1} is not finite: {array[index].tolist()}; give voxel coordinates")
 
     low = np.minimum(array[:, :3], array[:, 3:])  # (N, 3) as x, y, z
     high = np.maximum(array[:, :3], array[:, 3:])
@@ -95,7 +95,7 @@ def normalize_boxes_3d(boxes, volume_shape: tuple[int, int, int]) -> np.ndarray:
     if swapped.any():
         logger.warning(
             "swapped reversed corners of %d 3D box(es), first: box %d %s",
-            swapped.sum(), np.flatnonzero(swapped)[0], array[np.flatnonzero(swapped)[0]].tolist(),
+            swapped.sum(), np.flatnonzero(swapped)[0] + 1, array[np.flatnonzero(swapped)[0]].tolist(),
         )
 
     limit = np.array([width - 1, height - 1, depth - 1], dtype=np.float64)
@@ -103,7 +103,7 @@ def normalize_boxes_3d(boxes, volume_shape: tuple[int, int, int]) -> np.ndarray:
     if outside.any():
         index = int(np.flatnonzero(outside)[0])
         raise ValueError(
-            f"3D box {index} {array[index].tolist()} lies entirely outside the volume of {width}x{height}x"
+            f"3D box {index + 1} {array[index].tolist()} lies entirely outside the volume of {width}x{height}x"
             f"{depth} (x by y by z) voxels; boxes are [x_min, y_min, z_min, x_max, y_max, z_max] in voxels"
         )
     corrected = np.concatenate([np.clip(low, 0, limit), np.clip(high, 0, limit)], axis=1)
@@ -112,7 +112,7 @@ def normalize_boxes_3d(boxes, volume_shape: tuple[int, int, int]) -> np.ndarray:
         first = int(np.flatnonzero(clipped)[0])
         logger.warning(
             "clipped %d 3D box(es) to the %dx%dx%d volume, first: box %d %s -> %s",
-            clipped.sum(), width, height, depth, first, array[first].tolist(), corrected[first].tolist(),
+            clipped.sum(), width, height, depth, first + 1, array[first].tolist(), corrected[first].tolist(),
         )
     return corrected
 
