@@ -505,7 +505,8 @@ def command_segment_image(args: argparse.Namespace) -> int:
     if args.workers > 1:
         logger.info("one image input, so --workers %d is not used", args.workers)
     try:
-        window = parse_window(args.window if args.window is not None else "auto")
+        # `--window 40 400` means the same as `--window 40,400`.
+        window = parse_window(",".join(args.window) if args.window is not None else "auto")
         start = time.perf_counter()
         image = read_image_file(input_path)
         boxes = boxes_for_image(args.box, image)
@@ -818,9 +819,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--window",
         default=None,
+        nargs="+",
         metavar="WINDOW",
         help="image inputs only: intensity to uint8. A CT preset in HU as level/width: "
-        f"{presets}; or LEVEL,WIDTH numbers (e.g. 40,400); 'percentile' (0.5-99.5 percentiles of the voxels above 0 to "
+        f"{presets}; or LEVEL,WIDTH numbers (e.g. 40,400 or 40 400); 'percentile' (0.5-99.5 percentiles of the voxels above 0 to "
         "0..255, zeros kept); 'none' (values already 0..255); or 'auto' (default): soft-tissue for DICOM CT "
         "and for whole-number images reaching -900 or below (at most 4095), unchanged uint8, otherwise percentile",
     )

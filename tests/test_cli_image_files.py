@@ -182,3 +182,16 @@ def test_segment_image_over_255_boxes_writes_preview(tmp_path, data_dir, capsys)
     labelled = labels > 0
     assert colours[labelled].max(axis=-1).min() >= 128, "every labelled pixel has a bright colour"
     assert not colours[~labelled].any(), "the background stays black"
+
+
+def test_window_level_and_width_as_two_numbers(tmp_path, data_dir, capsys):
+    ct = str(data_dir / CT_NIFTI)
+    for name, window in (("comma", ["40,400"]), ("space", ["40", "400"])):
+        status = cli.main(["segment", ct, "--box", "20", "20", "12", "70", "60", "12", "--window", *window, "-o", str(tmp_path / name)])
+        assert status == 0, capsys.readouterr().err
+    import nibabel
+
+    comma = np.asanyarray(nibabel.load(str(tmp_path / "comma" / "example_ct_sm_labels.nii.gz")).dataobj)
+    space = np.asanyarray(nibabel.load(str(tmp_path / "space" / "example_ct_sm_labels.nii.gz")).dataobj)
+    assert comma.any()
+    np.testing.assert_array_equal(comma, space)
