@@ -17,7 +17,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Thread-pool settings that OpenMP (Numba's parallel kernels) and OpenBLAS (NumPy's matrix products) read
 # when each library loads. npsam switches between the two pools hundreds of times per slice. By default
-# each pool keeps its threads spinning after its work is done, so the two pools compete for the cores;
+# each pool keeps its threads spinning after its work is done, so the two pools compete for the cores.
 # benchmarks/README.md gives the measured cost. A value the user has set is kept.
 THREAD_POOL_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # NOTE: OpenBLAS reads its variable when NumPy is first imported; when NumPy was imported before npsam,

@@ -74,6 +74,8 @@ from typing import Any
 
 import numpy as np
 
+from npsam.cases import _apply_default_permissions
+
 __all__ = [
     "ImageFile",
     "ImageFileError",
@@ -838,9 +840,7 @@ def _write_atomically(path: Path, suffix: str, write) -> None:
         write(temporary)
         with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        _apply_default_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

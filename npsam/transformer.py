@@ -34,8 +34,8 @@ def layer_norm(x, norm):
     return out.reshape(shape)
 
 
-# Rows at least this long go through NumPy, whose reductions vectorise along a row; shorter rows (the
-# 7 tokens of image-to-token attention) go through the Numba kernel, which vectorises across rows.
+# Rows at least this long go through NumPy, whose reductions vectorise along a row. Shorter rows, such
+# as the 7 tokens of image-to-token attention, go through the Numba kernel, which vectorises across rows.
 SHORT_SOFTMAX_ROWS = 64
 
 

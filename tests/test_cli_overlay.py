@@ -88,7 +88,8 @@ def test_overlay_nifti_volume_files(tmp_path, data_dir, capsys):
         x0, y0, _, x1, y1, _ = map(int, boxes[label - 1])
         assert (overlay[y0, x0 : x1 + 1] == palette[label]).all()
     montage = _read_png(output / "example_ct_sm_montage.png")
-    assert montage.shape[0] > labels.shape[1] and montage.shape[1] > labels.shape[2], "the montage has several tiles"
+    assert montage.shape[0] > labels.shape[1], "the montage has several rows of tiles"
+    assert montage.shape[1] > labels.shape[2], "the montage has several columns of tiles"
     assert _colour_pixels(montage, palette[1]).any()
     assert _colour_pixels(montage, palette[2]).any()
 

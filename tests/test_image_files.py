@@ -398,8 +398,10 @@ def test_grey_jpeg_and_png(data_dir):
     from PIL import Image
 
     jpeg = image_files.read_image_file(data_dir / "cxr_lungs_imlab" / "raw" / "1.jpg")
-    assert jpeg.format == "image" and not jpeg.is_volume
-    assert jpeg.array.shape == (512, 512) and jpeg.array.dtype == np.uint8
+    assert jpeg.format == "image"
+    assert not jpeg.is_volume
+    assert jpeg.array.shape == (512, 512)
+    assert jpeg.array.dtype == np.uint8
     np.testing.assert_array_equal(jpeg.array, np.asarray(Image.open(data_dir / "cxr_lungs_imlab" / "raw" / "1.jpg")))
 
     png = image_files.read_image_file(data_dir / "hc18_fetal_us" / "raw" / "001_HC.png")
@@ -545,4 +547,5 @@ def test_box_in_voxel_indices_lands_on_label(data_dir):
 
     dice = _dice(predicted_ijk[:, :, k0 : k1 + 1], liver_ijk[:, :, k0 : k1 + 1])
     assert dice > 0.8, f"liver Dice {dice:.3f} on slices k={k0}..{k1}"
-    assert not predicted_ijk[:, :, :k0].any() and not predicted_ijk[:, :, k1 + 1 :].any()
+    assert not predicted_ijk[:, :, :k0].any()
+    assert not predicted_ijk[:, :, k1 + 1 :].any()
