@@ -40,6 +40,26 @@ _EXP_MIN_ARGUMENT = np.float32(-87.0)  # exp(-87) is still a normal float32
 _GELU_CHUNK = 2048
 
 
+@njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _exp_mantissa_and_bits(y):
+    """Split exp(y) for -87 <= y <= 0 into e, with exp(y) = e * 2**n, and the float32 bits of 2**n.
+
+    Cody-Waite reduction of y by n * ln 2, then a degree-7 polynomial for exp on the remainder.
+    Written without calls or branches so that the loops calling it vectorise.
+    """
+    exponent = np.int32(y * _LOG2E - np.float32(0.5))  # y <= 0, so truncation rounds y * log2(e) to nearest
+    n = np.float32(exponent)
+    f = y - n * _LN2_HIGH - n * _LN2_LOW
+    e = np.float32(1.9875691500e-4)
+    e = e * f + np.float32(1.3981999507e-3)
+    e = e * f + np.float32(8.3334519073e-3)
+    e = e * f + np.float32(4.1665795894e-2)
+    e = e * f + np.float32(1.6666665459e-1)
+    e = e * f + np.float32(5.0000001201e-1)
+    e = e * f * f + f + np.float32(1.0)
+    return e, (exponent + np.int32(127)) << np.int32(23)
+
+
 @njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _gelu_span(flat, start, stop, exponent_bits, tail):
     """Apply GELU to flat[start:stop] in place; the two scratch arrays hold at least stop - start items."""
@@ -51,17 +71,7 @@ def _gelu_span(flat, start, stop, exponent_bits, tail):
         t = one / (one + _ERF_P * z)
         poly = ((((_ERF_A5 * t + _ERF_A4) * t + _ERF_A3) * t + _ERF_A2) * t + _ERF_A1) * t
         y = max(-z * z, _EXP_MIN_ARGUMENT)
-        exponent = np.int32(y * _LOG2E - half)  # y <= 0, so truncation rounds y * log2(e) to nearest
-        n = np.float32(exponent)
-        f = y - n * _LN2_HIGH - n * _LN2_LOW
-        e = np.float32(1.9875691500e-4)
-        e = e * f + np.float32(1.3981999507e-3)
-        e = e * f + np.float32(8.3334519073e-3)
-        e = e * f + np.float32(4.1665795894e-2)
-        e = e * f + np.float32(1.6666665459e-1)
-        e = e * f + np.float32(5.0000001201e-1)
-        e = e * f * f + f + one
-        exponent_bits[i] = (exponent + np.int32(127)) << np.int32(23)
+        e, exponent_bits[i] = _exp_mantissa_and_bits(y)
         tail[i] = poly * e
     scale = exponent_bits[:count].view(np.float32)  # 2**n
     for i in range(count):
@@ -233,25 +243,13 @@ def upscale_gelu_project(blocks, bias, hyper):
 def _exp_nonpositive_span(flat, start, stop, exponent_bits):
     """Replace flat[start:stop], each <= 0, with its exponential (about 1 ulp; below exp(-87) as exp(-87)).
 
-    The same branch-free construction as in `_gelu_span`, so that LLVM vectorises it; `exponent_bits`
-    is int32 scratch of at least stop - start items.
+    Built from `_exp_mantissa_and_bits`, as `_gelu_span` is, so that LLVM vectorises it.
+    `exponent_bits` is int32 scratch of at least stop - start items.
     """
-    one = np.float32(1.0)
-    half = np.float32(0.5)
     count = stop - start
     for i in range(count):
         y = max(flat[start + i], _EXP_MIN_ARGUMENT)
-        exponent = np.int32(y * _LOG2E - half)  # y <= 0, so truncation rounds y * log2(e) to nearest
-        n = np.float32(exponent)
-        f = y - n * _LN2_HIGH - n * _LN2_LOW
-        e = np.float32(1.9875691500e-4)
-        e = e * f + np.float32(1.3981999507e-3)
-        e = e * f + np.float32(8.3334519073e-3)
-        e = e * f + np.float32(4.1665795894e-2)
-        e = e * f + np.float32(1.6666665459e-1)
-        e = e * f + np.float32(5.0000001201e-1)
-        flat[start + i] = e * f * f + f + one
-        exponent_bits[i] = (exponent + np.int32(127)) << np.int32(23)
+        flat[start + i], exponent_bits[i] = _exp_mantissa_and_bits(y)
     scale = exponent_bits[:count].view(np.float32)  # 2**n
     for i in range(count):
         flat[start + i] *= scale[i]
