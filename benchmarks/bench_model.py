@@ -36,6 +36,10 @@ import textwrap
 import time
 from pathlib import Path
 
+# The environment this script was started with. Children get it, not os.environ, because importing npsam
+# here adds npsam's thread-pool defaults to os.environ, which would also change PyTorch's OpenMP pool.
+# npsam's own children set those defaults themselves when they import npsam.
+LAUNCH_ENVIRONMENT = dict(os.environ)
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 for _path in (REPO, BENCHMARKS):  # this checkout's npsam, not an installed copy
@@ -185,7 +189,7 @@ WORKERS = {"npsam": worker_npsam, "pytorch": worker_pytorch, "openvino": worker_
 
 
 def thread_environment(threads: int) -> dict:
-    return dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+    return dict(LAUNCH_ENVIRONMENT, **{name: str(threads) for name in THREAD_VARIABLES})
 
 
 def run_worker(engine: str, args, weights: dict) -> dict:

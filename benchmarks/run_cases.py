@@ -67,6 +67,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# The environment this script was started with. Children get it, not os.environ, because importing npsam
+# here adds npsam's thread-pool defaults to os.environ, which would also change PyTorch's OpenMP pool.
+# npsam's own children set those defaults themselves when they import npsam.
+LAUNCH_ENVIRONMENT = dict(os.environ)
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 for _path in (REPO, BENCHMARKS):
@@ -538,7 +542,7 @@ def describe_plan(infos, steps, args) -> str:
 
 
 def child_environment(threads: int) -> dict[str, str]:
-    env = dict(os.environ, **{name: str(threads) for name in THREAD_VARIABLES})
+    env = dict(LAUNCH_ENVIRONMENT, **{name: str(threads) for name in THREAD_VARIABLES})
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(BENCHMARKS)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return env
 

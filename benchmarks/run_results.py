@@ -49,6 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
+# The environment this script was started with. Children get it, not os.environ, because importing npsam
+# here adds npsam's thread-pool defaults to os.environ, which would also change PyTorch's OpenMP pool.
+# npsam's own children set those defaults themselves when they import npsam.
+LAUNCH_ENVIRONMENT = dict(os.environ)
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -173,7 +177,7 @@ def npsam_command() -> list[str]:
 
 
 def thread_environment(threads: int) -> dict[str, str]:
-    environment = dict(os.environ)
+    environment = dict(LAUNCH_ENVIRONMENT)
     environment.update({name: str(threads) for name in THREAD_VARIABLES})
     return environment
 
