@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from npsam.output_files import check_output_path, same_file, write_atomically
 
 __all__ = ["Case", "CaseError", "read_case", "write_segs", "segment_case", "is_3d_name", "ProgressCallback"]
 
@@ -210,55 +211,17 @@ def write_segs(path: str | os.PathLike, segs: np.ndarray, *, input_path: str | o
             f"segs must be an integer label map of shape (H, W) or (D, H, W), got {type(segs).__name__} "
             f"{getattr(segs, 'dtype', None)} {getattr(segs, 'shape', None)}"
         )
-    if input_path is not None and _same_file(path, Path(input_path)):
+    if input_path is not None and same_file(path, Path(input_path)):
         raise ValueError(
             f"output {path} is the input case file itself; write the segmentation to another folder"
         )
+    check_output_path(path)
 
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {folder} not found; create it before writing {path.name}")
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    temporary = Path(handle.name)
-    try:
-        with handle:
-            np.savez_compressed(handle, **{SEGS_KEY: segs})
-            handle.flush()
-            os.fsync(handle.fileno())
-        _apply_default_permissions(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _sync_folder(folder)
-    return path
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as file:
+            np.savez_compressed(file, **{SEGS_KEY: segs})
 
-
-def _sync_folder(folder: Path) -> None:
-    """Flush the folder entry of a replaced file to disk, where the platform allows opening folders."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
-def _apply_default_permissions(path: Path) -> None:
-    # NamedTemporaryFile creates the file with mode 0600; give it the mode a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return write_atomically(path, write)
 
 
 # ---- Segmenting ----

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from npsam.output_files import write_atomically
 
 __all__ = ["main", "build_parser"]
 
@@ -53,23 +54,8 @@ class CommandError(Exception):
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, newline="", encoding="utf-8"
-    )
-    temporary = Path(handle.name)
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` as UTF-8 through `output_files.write_atomically`."""
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8", newline=""))
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

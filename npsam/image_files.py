@@ -66,7 +66,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from npsam.cases import _apply_default_permissions
+from npsam.output_files import check_output_path, same_file, write_atomically
 
 __all__ = [
     "ImageFile",
@@ -772,10 +771,9 @@ def write_label_file(path: str | os.PathLike, labels: np.ndarray, like: ImageFil
     """
     path = Path(path)
     labels = _check_labels(labels, like)
-    if path.exists() and like.path.exists() and os.path.samefile(path, like.path):
+    if same_file(path, like.path):
         raise ImageFileError(f"output {path} is the input file itself; write the label map to another path")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} not found; create it before writing {path.name}")
+    check_output_path(path)
 
     if like.is_volume:
         if not _has_suffix(path, NIFTI_SUFFIXES):
@@ -783,13 +781,13 @@ def write_label_file(path: str | os.PathLike, labels: np.ndarray, like: ImageFil
         image = _label_nifti(labels, like)
         nibabel = _import_extra("nibabel")
         suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-        _write_atomically(path, suffix, lambda temporary: nibabel.save(image, str(temporary)))
+        write_atomically(path, lambda temporary: nibabel.save(image, str(temporary)), suffix=suffix)
         return path
 
     if not _has_suffix(path, (".png",)):
         raise ImageFileError(f"label map of a 2D image is written as PNG, so {path} must end with .png")
     image = _label_png(labels)
-    _write_atomically(path, ".png", lambda temporary: image.save(temporary, format="PNG"))
+    write_atomically(path, lambda temporary: image.save(temporary, format="PNG"), suffix=".png")
     return path
 
 
@@ -829,19 +827,3 @@ def _label_png(labels: np.ndarray):
         )
         return pil_image.fromarray(labels)  # mode "I;16"
     raise ImageFileError(f"a PNG label map supports at most 65,535 labels, got maximum {int(labels.max())}")
-
-
-def _write_atomically(path: Path, suffix: str, write) -> None:
-    """Call `write(temporary)` on a temporary file next to `path` with `suffix`, then move it over `path`."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}", delete=False)
-    handle.close()
-    temporary = Path(handle.name)
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        _apply_default_permissions(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
-from npsam.cases import _apply_default_permissions, _same_file, _sync_folder
+from npsam.output_files import check_output_path, write_atomically
 
 __all__ = [
     "BASE_COLOURS",
@@ -558,29 +556,8 @@ def write_label_png(path, labels, *, overwrite: bool = True, input_path=None) ->
 
 
 def _save_png(image, path: Path, *, overwrite: bool, input_path) -> Path:
-    if input_path is not None and _same_file(path, Path(input_path)):
-        raise ValueError(f"output {path} is the input file itself; write the image to another path")
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {folder} not found; create it before writing {path.name}")
-
-    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    temporary = Path(handle.name)
-    try:
-        with handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _apply_default_permissions(temporary)
-        if overwrite:
-            os.replace(temporary, path)
-        else:
-            # link() fails when `path` exists, so an existing file is never replaced, even by a race.
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _sync_folder(folder)
-    return path
+    check_output_path(path, input_path, content="the image")
+    return write_atomically(path, lambda temporary: image.save(temporary, format="PNG"), overwrite=overwrite)
 
 
 def write_case_overlays(

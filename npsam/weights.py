@@ -22,7 +22,6 @@ import hashlib
 import importlib.metadata
 import logging
 import os
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from npsam import __version__
 from npsam.compile_cache import cache_home
 from npsam.config import MODELS, ModelConfig, expected_state_dict_shapes, get_config
+from npsam.output_files import check_output_path, write_atomically
 
 __all__ = [
     "FORMAT_NAME",
@@ -213,29 +213,14 @@ def _check_source_sha256(source_sha256: str) -> None:
 
 
 def _write_atomically(path: Path, write_contents: Callable[[h5py.File], None]) -> None:
-    """Write an HDF5 file through a temporary file in the target folder, then rename it to `path`."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder {folder} does not exist; create it first")
-    if path.is_dir():
-        raise IsADirectoryError(f"output path {path} is a folder; give a file name such as {path / 'model.h5'}")
+    """Write an HDF5 file through `output_files.write_atomically`."""
+    check_output_path(path)
 
-    # os.open with mode 0o666 lets the umask set the permissions, as a plain open() would.
-    temporary = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    os.close(descriptor)
-    try:
+    def write(temporary: Path) -> None:
         with h5py.File(temporary, "w", track_order=True) as file:
             write_contents(file)
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write)
 
 
 # ---------------------------------------------------------------------------------------------------------
