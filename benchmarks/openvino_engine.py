@@ -183,8 +183,12 @@ class OpenVinoModel:
         """Return the embeddings: the converted decoder has no box-independent part of its own."""
         return image_embeddings
 
-    def decode_prepared(self, image_embeddings: np.ndarray, boxes_256: np.ndarray):
-        """Same as `decode`, for `npsam.propagation.segment_volume`."""
+    def decode_prepared(self, image_embeddings: np.ndarray, boxes_256: np.ndarray, valid_size=None):
+        """Same as `decode`, for `npsam.propagation.segment_volume`.
+
+        `valid_size` is accepted and ignored: the converted decoder always returns the whole 256x256
+        logits, which postprocessing crops.
+        """
         return self.decode(image_embeddings, boxes_256)
 
     def decode(self, image_embeddings: np.ndarray, boxes_256: np.ndarray):

@@ -320,13 +320,18 @@ class Model:
             image_tokens, prompt["dense_pe"], self.params["mask_decoder"]["transformer"], self.config.decoder_num_heads
         )
 
-    def decode_prepared(self, image_side: dict, boxes_256: np.ndarray):
-        """Decode one batch of boxes (B, 4) against the output of `prepare_image`."""
+    def decode_prepared(self, image_side: dict, boxes_256: np.ndarray, valid_size=None):
+        """Decode one batch of boxes (B, 4) against the output of `prepare_image`.
+
+        With `valid_size` = (h, w), the size of the resized image inside the 256x256 input, the
+        logits cover only that corner, rounded up to a multiple of 4: the rest is padding, which
+        postprocessing crops away. See `mask_decoder.decode_masks`.
+        """
         prompt = self.params["prompt_encoder"]
         sparse = prompt_encoder.encode_boxes(
             boxes_256, prompt["gaussian_matrix"], prompt["corner_embeddings"], self.config.image_size
         )
-        return mask_decoder.decode_masks(image_side, sparse, self.params["mask_decoder"], self.config)
+        return mask_decoder.decode_masks(image_side, sparse, self.params["mask_decoder"], self.config, valid_size)
 
 
 def _check_boxes_256(boxes) -> np.ndarray:

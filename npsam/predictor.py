@@ -156,7 +156,9 @@ class Predictor:
         labels = np.zeros(self.original_size, dtype=label_dtype(len(boxes_256)))
         image_side = self.model.prepare_image(self.features)
         for start in range(0, len(boxes_256), DECODE_BATCH_SIZE):
-            low_res_logits, _ = self.model.decode_prepared(image_side, boxes_256[start : start + DECODE_BATCH_SIZE])
+            low_res_logits, _ = self.model.decode_prepared(
+                image_side, boxes_256[start : start + DECODE_BATCH_SIZE], valid_size=self.input_size
+            )
             for offset, logits in enumerate(low_res_logits):
                 postprocessing.paint_label(labels, logits[0], self.input_size, start + offset + 1)
         return labels

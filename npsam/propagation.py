@@ -269,7 +269,9 @@ def segment_volume(model, volume: np.ndarray, boxes, progress: Callable[[int, in
                 label = index + 1
                 neighbour = neighbour_masks.get(index)
                 box_256 = middle_boxes[index] if neighbour is None else propagated_box(neighbour, label, middle_boxes[index])
-                low_res_logits, _ = model.decode_prepared(image_side, np.asarray(box_256, dtype=np.float32)[None])
+                low_res_logits, _ = model.decode_prepared(
+                    image_side, np.asarray(box_256, dtype=np.float32)[None], valid_size=input_size
+                )
                 mask = postprocessing.mask_from_logits(low_res_logits[0, 0], input_size, (height, width))
                 neighbour_masks[index] = mask
                 if first_masks is not None and z == ranges[index][0]:

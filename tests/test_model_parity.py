@@ -84,6 +84,30 @@ def test_decode_batching_is_invisible(encoded, npsam_model):
     np.testing.assert_allclose(full, single, atol=1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize("valid_size", [(192, 256), (256, 128), (50, 97), (1, 1), (256, 256)])
+def test_decode_valid_corner_equals_full(encoded, npsam_model, valid_size):
+    """Upscaling only the valid corner gives that corner of the full logits, to GEMM rounding."""
+    _, _, boxes_256, stages = encoded
+    side = npsam_model.prepare_image(stages["image_embeddings"])
+    boxes = boxes_256[:2]
+    full, full_iou = npsam_model.decode_prepared(side, boxes)
+    corner, corner_iou = npsam_model.decode_prepared(side, boxes, valid_size=valid_size)
+
+    rows, cols = (-(-size // 4) * 4 for size in valid_size)
+    assert corner.shape == (len(boxes), 1, rows, cols)
+    np.testing.assert_allclose(corner, full[..., :rows, :cols], atol=1e-5, rtol=1e-6)
+    assert not np.any((corner > 0) != (full[..., :rows, :cols] > 0))
+    np.testing.assert_array_equal(corner_iou, full_iou)
+
+
+def test_decode_rejects_bad_valid_size(encoded, npsam_model):
+    _, _, boxes_256, stages = encoded
+    side = npsam_model.prepare_image(stages["image_embeddings"])
+    for valid_size in [(0, 10), (10, 257), (-4, 8)]:
+        with pytest.raises(ValueError, match="valid_size must lie within the"):
+            npsam_model.decode_prepared(side, boxes_256[:1], valid_size=valid_size)
+
+
 def perturbed_model(state_dict, key, index, delta):
     state = dict(state_dict)
     weight = state[key].copy()

@@ -83,8 +83,12 @@ class BoxModel:
     def prepare_image(self, image_embeddings: np.ndarray) -> np.ndarray:
         return image_embeddings
 
-    def decode_prepared(self, image_side: np.ndarray, boxes_256: np.ndarray):
-        return self.decode(image_side, boxes_256)
+    def decode_prepared(self, image_side: np.ndarray, boxes_256: np.ndarray, valid_size=None):
+        logits, iou = self.decode(image_side, boxes_256)
+        if valid_size is not None:
+            # As npsam's decoder does: only whole 4x4 blocks covering the valid corner.
+            logits = logits[..., : -(-valid_size[0] // 4) * 4, : -(-valid_size[1] // 4) * 4]
+        return logits, iou
 
 
 def _propagate_alone(model, volume: np.ndarray, box: np.ndarray, label: int) -> np.ndarray:
