@@ -222,8 +222,8 @@ def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads):
     # The image attends to the tokens; from here on the image tokens differ per box.
     k_tokens = queries + query_pe
     keys = keys + image_to_token_attention(
-        keys + key_pe, k_tokens, queries, **layer["cross_attn_image_to_token"], num_heads=num_heads
-    )
+        k, k_tokens, queries, **layer["cross_attn_image_to_token"], num_heads=num_heads
+    )  # k is still keys + key_pe: the keys change only here
     keys = layer_norm(keys, layer["norm4"])
     return queries, keys
 
