@@ -305,7 +305,7 @@ def test_writer_replaces_existing_file(tmp_path, state_dict):
 
 
 def test_writer_missing_folder(tmp_path, state_dict):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"output folder .*absent not found; create it before writing w.h5"):
         write_weights(tmp_path / "absent" / "w.h5", CONFIG, state_dict, source_file="x.pth",
                       source_sha256=SOURCE_SHA256, trained=True)
 
