@@ -167,9 +167,9 @@ class NpsamRunner:
     """(c): npsam's normal path, `npsam.cases.segment_case` with a Predictor."""
 
     def __init__(self, model_name: str, weights: str, threads: int):
+        # npsam first: its OpenBLAS thread setting applies only if NumPy (which numba imports) comes after.
+        import npsam  # isort: skip
         import numba
-
-        import npsam
         from npsam.predictor import Predictor
 
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
