@@ -36,8 +36,9 @@ Presets:
             3DBox_MR_0121-crop4 (4 slices of 3DBox_MR_0121 with its first 2 objects); all four
             engines, both timings. It took 5-10 minutes on the shared 2-core development machine.
   default   all 14 cases, 3 models, 4 engines, both timings: 336 measurements. The estimate is
-            printed up front: about 32 hours at 2 threads by the cost model below (16 hours with
-            `--timings process`), most of it in (a) and (b) on the two 6-object CT cases.
+            printed up front: about 7 h 40 min at 2 threads on a quiet machine by the cost model below
+            (half that with `--timings process`), most of it in (a) and (b) on the two 6-object
+            CT cases.
 
 Usage:
   python benchmarks/run_cases.py --quick [--output FILE.md]
@@ -109,15 +110,17 @@ ENGINE_BY_LETTER = {engine.letter: engine.name for engine in ENGINES.values()}
 QUICK_MODELS = ("litemedsam", "swiftmedsam-v2")
 QUICK_CASES = ("2DBox_US_0525", "2DBox_Endoscopy_0086", "3DBox_MR_0121-crop4")
 
-# Cost model of the up-front estimate, in seconds at 2 threads. It was measured with --quick on the
-# 2-core development machine (AMD EPYC, AVX-512) while other jobs kept it busy. The PyTorch encoder
-# ran 1.5-5.5 s per slice there, depending on that load. These are estimates, roughly x 2 / threads.
-# START: process overhead (interpreter, imports, model load, exit). DECODER: prompt encoder, mask
-# decoder and, in 3D, the next slice's box, per box. POSTPROCESS: resizing one mask, per megapixel.
-START_SECONDS = {"reference": 4.0, "npsam-per-object": 1.5, "npsam": 1.5, "openvino": 2.0}
-ENCODER_SECONDS = {"reference": 5.0, "npsam-per-object": 4.5, "npsam": 4.5, "openvino": 1.4}
-DECODER_SECONDS = {"reference": 0.25, "npsam-per-object": 0.4, "npsam": 0.4, "openvino": 0.15}
-POSTPROCESS_SECONDS_PER_MEGAPIXEL = 0.01
+# Cost model of the up-front estimate, in seconds at 2 threads. The figures come from the LiteMedSAM
+# rows of the full `--timings process` run on the quiet 2-core development machine (AMD EPYC, AVX-512;
+# benchmarks/README.md): for example 885 s for 613 reference encoder runs on 3DBox_CT_0566. On a busy
+# machine, expect up to twice as long. These are estimates, roughly x 2 / threads.
+# START: process overhead (interpreter, imports, model load, exit). ENCODER: one slice, with its
+# preprocessing. DECODER: prompt encoder, mask decoder and, in 3D, the next slice's box, per box.
+# POSTPROCESS: resizing one mask, per megapixel.
+START_SECONDS = {"reference": 1.7, "npsam-per-object": 0.7, "npsam": 0.7, "openvino": 1.1}
+ENCODER_SECONDS = {"reference": 1.4, "npsam-per-object": 0.95, "npsam": 0.95, "openvino": 0.65}
+DECODER_SECONDS = {"reference": 0.055, "npsam-per-object": 0.03, "npsam": 0.02, "openvino": 0.045}
+POSTPROCESS_SECONDS_PER_MEGAPIXEL = 0.003
 # The costs above are LiteMedSAM's. Other models scale them by their multiply-adds (npsam.config).
 CONVERSION_SECONDS = 45.0
 
@@ -527,7 +530,7 @@ def describe_plan(infos, steps, args) -> str:
         f"plan: {len(infos)} case(s) x {len(args.models)} model(s) x {len(args.engines)} engine(s), timings "
         f"{' and '.join(args.timings)}, {args.repeats} repeat(s): {len(steps)} measurements at {args.threads} "
         f"thread(s). Estimated duration: {format_duration(total)} (cost model of run_cases.py, measured at 2 "
-        f"threads on a busy 2-core machine{scaling}).",
+        f"threads on a quiet 2-core machine; allow up to twice as long on a busy one{scaling}).",
     ]
     for info in infos.values():
         lines.append(
