@@ -352,10 +352,11 @@ def load_model(name_or_path: str | Path = "litemedsam") -> Model:
     package is converted into the per-user cache on first use.
     """
     import npsam
-    from npsam import weights
+    from npsam import allocator, weights
 
     if not npsam.OPENBLAS_SETTING_APPLIES:
         _log_thread_hint_once()
+    allocator.keep_freed_memory()
     path = weights.resolve_weights(name_or_path)
     loaded = weights.read_weights(path)
     logger.info("loading %s weights from %s", loaded.config.name, path)
