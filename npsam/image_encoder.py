@@ -25,14 +25,16 @@ _NO_RESIDUAL = np.empty((0, 0), dtype=np.float32)
 def conv1x1(x, conv, apply_gelu=False, residual=None):
     """1x1 convolution (with folded batch norm) on channel-last data: (..., Cin) -> (..., Cout).
 
-    With `apply_gelu` it returns GELU(conv + residual). The bias, the optional residual (shaped like the
-    output) and GELU are then applied in one pass over the output.
+    Returns conv + residual, or GELU(conv + residual) with `apply_gelu`. The bias, the optional
+    residual (shaped like the output) and GELU are applied in one pass over the GEMM's output.
     """
     shape = x.shape
     out = x.reshape(-1, shape[-1]) @ conv["weight"]
     if apply_gelu:
         residual = _NO_RESIDUAL if residual is None else residual.reshape(out.shape)
         kernels.bias_gelu_inplace(out, conv["bias"], residual)
+    elif residual is not None and "bias" in conv:
+        kernels.bias_residual_inplace(out, conv["bias"], np.ascontiguousarray(residual).reshape(out.shape))
     else:
         if "bias" in conv:
             out += conv["bias"]
@@ -66,45 +68,52 @@ def patch_merging(x, conv1, conv2, conv3, stride):
     return conv1x1(x, conv3)
 
 
-def window_attention(x, attn, num_heads, window):
-    """TinyViT window attention on an (H, W, C) grid, returning the attention output (H, W, C).
+def window_attention(x, attn, num_heads, window, residual=None):
+    """TinyViT window attention on an (H, W, C) grid: returns the attention output (H, W, C) [+ residual].
 
-    The grid is zero-padded at the bottom and right to multiples of `window` before the layer norm, so the
-    padded tokens become the norm's bias vector and take part as keys and values without a mask. Their
-    qkv projection is the same for every padded token and is precomputed as `padding_qkv`.
+    TinyViT pads the grid with zeros at the bottom and right to multiples of `window` before the layer
+    norm, so the padded tokens become the norm's bias vector and take part as keys and values without a
+    mask. Their qkv projection is the same for every padded token and is precomputed as `padding_qkv`.
     """
     height, width, channels = x.shape
-    head_dim = channels // num_heads
-    padded_h = -(-height // window) * window
-    padded_w = -(-width // window) * window
-
     normed = kernels.layer_norm(x.reshape(-1, channels), attn["norm"]["weight"], attn["norm"]["bias"], TOKEN_LN_EPS)
-    qkv = np.empty((padded_h, padded_w, 3 * channels), dtype=np.float32)
-    qkv[:height, :width] = conv1x1(normed, attn["qkv"]).reshape(height, width, 3 * channels)
-    qkv[height:, :] = attn["padding_qkv"]
-    qkv[:height, width:] = attn["padding_qkv"]
-
-    scale = np.float32(head_dim**-0.5)
-    out = kernels.window_attention(
-        qkv, attn["attention_bias"], height, width, window, num_heads, head_dim, scale
-    )  # (H, W, C), heads concatenated
-    return conv1x1(out, attn["proj"])
+    qkv = conv1x1(normed, attn["qkv"]).reshape(height, width, 3 * channels)
+    out = attend_in_windows(qkv, attn["padding_qkv"], attn["attention_bias"], window, num_heads)
+    return conv1x1(out, attn["proj"], residual=residual)
 
 
-def mlp(x, norm, fc1, fc2):
-    """Pre-norm MLP: LayerNorm, Linear C->4C, GELU, Linear 4C->C; (L, C) -> (L, C)."""
+def attend_in_windows(qkv, padding_qkv, attention_bias, window, num_heads):
+    """Multi-head attention inside the windows of an (H, W, 3C) qkv grid; returns (H, W, C), heads concatenated.
+
+    The grid is padded at the bottom and right to multiples of `window` with tokens whose projection is
+    `padding_qkv` (3C,); they take part as keys and values, and only the real tokens are returned.
+    attention_bias (heads, N, N), with N = window**2, is added after scaling by 1 / sqrt(head dim).
+    """
+    height, width, _ = qkv.shape
+    head_dim = qkv.shape[2] // (3 * num_heads)
+    padding_qkv = np.array(padding_qkv, dtype=np.float32)  # writeable, so that the kernel's argument types match
+    # Windows and heads form one batch of small products, which NumPy hands to BLAS one by one.
+    q, k_t, v = kernels.gather_windows(qkv, padding_qkv, window, num_heads, head_dim)  # (B, N, d), (B, d, N), (B, N, d)
+    weights = np.matmul(q, k_t)  # (B, N, N)
+    kernels.window_softmax_inplace(weights, attention_bias, num_heads, np.float32(head_dim**-0.5))
+    windows = np.matmul(weights, v)  # (B, N, d)
+    return kernels.scatter_windows(windows, height, width, window, num_heads)
+
+
+def mlp(x, norm, fc1, fc2, residual=None):
+    """Pre-norm MLP: LayerNorm, Linear C->4C, GELU, Linear 4C->C [+ residual]; (L, C) -> (L, C)."""
     hidden = kernels.layer_norm(x, norm["weight"], norm["bias"], TOKEN_LN_EPS)
     hidden = conv1x1(hidden, fc1, apply_gelu=True)
-    return conv1x1(hidden, fc2)
+    return conv1x1(hidden, fc2, residual=residual)
 
 
 def tinyvit_block(x, attn, local_conv, mlp_weights, num_heads, window):
     """Attention block: x + window attention, then a depthwise conv that replaces x, then x + MLP."""
     height, width, channels = x.shape
-    x = x + window_attention(x, attn, num_heads, window)
+    x = window_attention(x, attn, num_heads, window, residual=x)  # x + attention(x)
     x = depthwise3x3(x, local_conv)  # no residual around the local convolution
     tokens = x.reshape(-1, channels)
-    tokens = tokens + mlp(tokens, **mlp_weights)
+    tokens = mlp(tokens, **mlp_weights, residual=tokens)  # tokens + MLP(tokens)
     return tokens.reshape(height, width, channels)
 
 

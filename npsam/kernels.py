@@ -122,29 +122,71 @@ def bias_gelu_inplace(x, bias, residual):
         _gelu_span(flat, r * channels, (r + 1) * channels, exponent_bits, tail)
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"}, error_model="numpy")
-def layer_norm(x, weight, bias, eps):
-    """Normalise each row of a (rows, C) float32 array over its C channels.
+@njit(cache=True, parallel=True, error_model="numpy")
+def bias_residual_inplace(x, bias, residual):
+    """Replace each row of a contiguous (rows, C) float32 array with (row + bias) + residual row, in one pass."""
+    rows, channels = x.shape
+    for r in prange(rows):
+        row = x[r]
+        added = residual[r]
+        for c in range(channels):
+            row[c] = (row[c] + bias[c]) + added[c]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _layer_norm_row(src, dst, weight, bias, eps):
+    """Write the layer norm of the float32 row `src` to `dst`, which may be `src` itself.
 
     Mean and variance are accumulated in float64 and the result divides by sqrt(var + eps), which is
     what both `nn.LayerNorm` and SAM's `LayerNorm2d` compute up to float32 rounding.
     """
-    rows, channels = x.shape
+    channels = src.shape[0]
+    mean = 0.0
+    for c in range(channels):
+        mean += src[c]
+    mean /= channels
+    var = 0.0
+    for c in range(channels):
+        d = src[c] - mean
+        var += d * d
+    var /= channels
+    inv = 1.0 / math.sqrt(var + eps)
+    for c in range(channels):
+        dst[c] = np.float32((src[c] - mean) * inv) * weight[c] + bias[c]
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def layer_norm(x, weight, bias, eps):
+    """Normalise each row of a (rows, C) float32 array over its C channels (see `_layer_norm_row`)."""
+    rows = x.shape[0]
     out = np.empty_like(x)
     for r in prange(rows):
-        mean = 0.0
-        for c in range(channels):
-            mean += x[r, c]
-        mean /= channels
-        var = 0.0
-        for c in range(channels):
-            d = x[r, c] - mean
-            var += d * d
-        var /= channels
-        inv = 1.0 / math.sqrt(var + eps)
-        for c in range(channels):
-            out[r, c] = np.float32((x[r, c] - mean) * inv) * weight[c] + bias[c]
+        _layer_norm_row(x[r], out[r], weight, bias, eps)
     return out
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def residual_layer_norm(x, update, bias, weight, norm_bias, eps, pe, out, out_with_pe):
+    """out = layer_norm(x + (update + bias)) and out_with_pe = out + pe, in one pass over the rows.
+
+    update, out and out_with_pe are (rows, C) float32. x and pe have a divisor of `rows` as their
+    row count and repeat along the rows, so that (L, C) image tokens serve a batch of boxes. The sums
+    are the float32 additions that separate NumPy passes would make, in the same order.
+    """
+    rows, channels = update.shape
+    x_rows = x.shape[0]
+    pe_rows = pe.shape[0]
+    for r in prange(rows):
+        source = x[r % x_rows]
+        change = update[r]
+        row = out[r]
+        for c in range(channels):
+            row[c] = source[c] + (change[c] + bias[c])
+        _layer_norm_row(row, row, weight, norm_bias, eps)
+        position = pe[r % pe_rows]
+        with_pe = out_with_pe[r]
+        for c in range(channels):
+            with_pe[c] = row[c] + position[c]
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
@@ -152,7 +194,9 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
     """Depthwise 3x3 convolution with zero padding 1 on an (H, W, C) float32 image.
 
     `weight` is (3, 3, C) and `bias` (C,). Output row i reads input rows stride*i - 1 .. stride*i + 1.
-    With `apply_gelu` GELU is applied to the output.
+    With `apply_gelu` GELU is applied to the output. Pixels whose nine taps all lie inside the image
+    add the taps in one pass over the channels, keeping the sums in registers; border pixels skip the
+    taps outside. Both add the taps in the same order.
     """
     height, width, channels = x.shape
     out_h = (height - 1) // stride + 1
@@ -160,9 +204,31 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
     out = np.empty((out_h, out_w, channels), dtype=np.float32)
     flat = out.reshape(-1)
     row_size = out_w * channels
+    w00, w01, w02 = weight[0, 0], weight[0, 1], weight[0, 2]
+    w10, w11, w12 = weight[1, 0], weight[1, 1], weight[1, 2]
+    w20, w21, w22 = weight[2, 0], weight[2, 1], weight[2, 2]
     for i in prange(out_h):
+        top = stride * i - 1
         for j in range(out_w):
             acc = out[i, j]
+            left = stride * j - 1
+            if top >= 0 and top + 2 < height and left >= 0 and left + 2 < width:
+                x00, x01, x02 = x[top, left], x[top, left + 1], x[top, left + 2]
+                x10, x11, x12 = x[top + 1, left], x[top + 1, left + 1], x[top + 1, left + 2]
+                x20, x21, x22 = x[top + 2, left], x[top + 2, left + 1], x[top + 2, left + 2]
+                for c in range(channels):
+                    value = bias[c]
+                    value += x00[c] * w00[c]
+                    value += x01[c] * w01[c]
+                    value += x02[c] * w02[c]
+                    value += x10[c] * w10[c]
+                    value += x11[c] * w11[c]
+                    value += x12[c] * w12[c]
+                    value += x20[c] * w20[c]
+                    value += x21[c] * w21[c]
+                    value += x22[c] * w22[c]
+                    acc[c] = value
+                continue
             acc[:] = bias
             for di in range(3):
                 row = stride * i + di - 1
@@ -265,6 +331,33 @@ def _exp_nonpositive_span(flat, start, stop, exponent_bits):
         values[i] *= scale[i]
 
 
+@njit(cache=True, error_model="numpy")
+def _max_of(values):
+    """Return the maximum of a non-empty float32 vector without NaN.
+
+    LLVM does not vectorise a float maximum here, so the loop compares integer keys instead. Flipping
+    the magnitude bits of negative floats makes the keys' signed order the floats' order (-0.0 below
+    0.0), and LLVM vectorises a maximum of integers.
+    """
+    bits = values.view(np.int32)
+    peak = np.int32(-(2**31))
+    for j in range(bits.shape[0]):
+        value = bits[j]
+        key = value ^ ((value >> 31) & 0x7FFFFFFF)
+        peak = key if key > peak else peak
+    peak = peak ^ ((peak >> 31) & 0x7FFFFFFF)
+    return np.array([peak], dtype=np.int32).view(np.float32)[0]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
+def _sum_of(values):
+    """Return the float32 sum of a vector, added in vector registers (not in index order)."""
+    total = np.float32(0.0)
+    for j in range(values.shape[0]):
+        total += values[j]
+    return total
+
+
 _SOFTMAX_BLOCK_ROWS = 256
 
 
@@ -300,74 +393,88 @@ def softmax_inplace(x):
                 row[j] *= inverse
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
-def window_attention(qkv, attention_bias, height, width, window, num_heads, head_dim, scale):
-    """Multi-head attention inside non-overlapping windows of a zero-padded token grid.
+@njit(cache=True, parallel=True, error_model="numpy")
+def gather_windows(qkv, padding_qkv, window, num_heads, head_dim):
+    """Split a token grid's qkv projections into per-window, per-head q, k^T and v for batched GEMMs.
 
-    qkv: (Hp, Wp, 3C) projections of the padded grid (Hp, Wp multiples of `window`), with the channels of
-    each head laid out as [q | k | v], head after head. attention_bias: (heads, N, N) with N = window**2,
-    added after scaling. Padded tokens take part as keys and values, as in TinyViT, but only the
-    (height, width) real tokens are written to the (height, width, C) output, heads concatenated.
+    qkv: (H, W, 3C), with the channels of each head laid out as [q | k | v], head after head. The grid is
+    padded at the bottom and right to multiples of `window` with tokens whose projection is
+    `padding_qkv` (3C,), so the padded grid is never stored. Returns q (B, N, d), k^T (B, d, N) and
+    v (B, N, d), with N = window**2 tokens and B = windows x heads ordered window-major, heads inner.
     """
-    padded_h, padded_w, _ = qkv.shape
-    channels = num_heads * head_dim
+    height, width, _ = qkv.shape
     tokens = window * window
-    windows_y = padded_h // window
-    windows_x = padded_w // window
-    out = np.zeros((height, width, channels), dtype=np.float32)
-    for task in prange(windows_y * windows_x * num_heads):
+    windows_x = -(-width // window)
+    batch = -(-height // window) * windows_x * num_heads
+    q = np.empty((batch, tokens, head_dim), dtype=np.float32)
+    k_t = np.empty((batch, head_dim, tokens), dtype=np.float32)
+    v = np.empty((batch, tokens, head_dim), dtype=np.float32)
+    for task in prange(batch):
         head = task % num_heads
         win = task // num_heads
-        wy = win // windows_x
-        wx = win % windows_x
-        # Gather the window: q and v token-major, k channel-major so that the loops below run over
-        # contiguous memory without a reduction in the innermost loop, which LLVM vectorises.
-        q = np.empty((tokens, head_dim), dtype=np.float32)
-        k_t = np.empty((head_dim, tokens), dtype=np.float32)
-        v = np.empty((tokens, head_dim), dtype=np.float32)
+        top = (win // windows_x) * window
+        left = (win % windows_x) * window
         base = head * 3 * head_dim
+        task_q = q[task]
+        task_k_t = k_t[task]
+        task_v = v[task]
         for t in range(tokens):
-            row = wy * window + t // window
-            col = wx * window + t % window
-            source = qkv[row, col, base : base + 3 * head_dim]  # a slice: Numba checks computed indices for wraparound
+            row = top + t // window
+            col = left + t % window
+            token = qkv[row, col] if row < height and col < width else padding_qkv
+            source = token[base : base + 3 * head_dim]  # a slice: Numba checks computed indices for wraparound
             for c in range(head_dim):
-                q[t, c] = source[c]
-                k_t[c, t] = source[head_dim + c]
-                v[t, c] = source[2 * head_dim + c]
+                task_q[t, c] = source[c]
+                task_k_t[c, t] = source[head_dim + c]
+                task_v[t, c] = source[2 * head_dim + c]
+    return q, k_t, v
 
-        logits = np.empty(tokens, dtype=np.float32)
+
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def window_softmax_inplace(logits, attention_bias, num_heads, scale):
+    """Turn (B, N, N) window attention logits q k^T into softmax(q k^T * scale + bias) over the last axis.
+
+    attention_bias is (heads, N, N), and batch item b belongs to head b % num_heads, as `gather_windows`
+    orders them.
+    """
+    batch, tokens, _ = logits.shape
+    for task in prange(batch):
+        bias = attention_bias[task % num_heads]
         exponent_bits = np.empty(tokens, dtype=np.int32)
-        attended = np.empty(head_dim, dtype=np.float32)
         for i in range(tokens):
-            row = wy * window + i // window
-            col = wx * window + i % window
-            if row >= height or col >= width:
-                continue
-            logits[:] = 0.0
-            for c in range(head_dim):
-                q_ic = q[i, c]
-                for j in range(tokens):
-                    logits[j] += q_ic * k_t[c, j]
-            max_logit = np.float32(-np.inf)
+            values = logits[task, i]
+            row_bias = bias[i]
             for j in range(tokens):
-                value = logits[j] * scale + attention_bias[head, i, j]
-                logits[j] = value
-                max_logit = max(max_logit, value)
+                values[j] = values[j] * scale + row_bias[j]
+            max_logit = _max_of(values)
             for j in range(tokens):
-                logits[j] -= max_logit
-            _exp_nonpositive_span(logits, 0, tokens, exponent_bits)
-            total = np.float32(0.0)
+                values[j] -= max_logit
+            _exp_nonpositive_span(values, 0, tokens, exponent_bits)
+            inverse = np.float32(1.0) / _sum_of(values)
             for j in range(tokens):
-                total += logits[j]
-            inverse = np.float32(1.0) / total
-            attended[:] = 0.0
-            for j in range(tokens):
-                p = logits[j] * inverse
-                for c in range(head_dim):
-                    attended[c] += p * v[j, c]
-            out[row, col, head * head_dim : (head + 1) * head_dim] = attended
-    return out
+                values[j] *= inverse
 
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def scatter_windows(windows, height, width, window, num_heads):
+    """Write per-window, per-head attention outputs (B, N, d), ordered as `gather_windows` makes them,
+    back to an (H, W, heads * d) grid, dropping the padding tokens."""
+    _, tokens, head_dim = windows.shape
+    windows_x = -(-width // window)
+    out = np.empty((height, width, num_heads * head_dim), dtype=np.float32)
+    for row in prange(height):
+        window_row = (row // window) * windows_x
+        t_row = (row % window) * window
+        for col in range(width):
+            first_task = (window_row + col // window) * num_heads
+            t = t_row + col % window
+            target = out[row, col]
+            for head in range(num_heads):
+                source = windows[first_task + head, t]
+                offset = head * head_dim
+                for c in range(head_dim):
+                    target[offset + c] = source[c]
+    return out
 
 # ---- Image resizing kernels ----
 #

@@ -39,6 +39,23 @@ def layer_norm(x, norm):
 SHORT_SOFTMAX_ROWS = 64
 
 
+def residual_layer_norm(x, update, bias, norm, pe):
+    """Return layer_norm(x + (update + bias)) and the same plus `pe`, from one fused pass.
+
+    update (..., L, E) may have a leading batch axis that x and pe (L, E) lack. The two results are
+    what `layer_norm(x + (update + bias), norm)` and adding `pe` to it give, bit for bit.
+    """
+    shape = update.shape
+    rows = np.ascontiguousarray(update).reshape(-1, shape[-1])
+    out = np.empty_like(rows)
+    out_with_pe = np.empty_like(rows)
+    kernels.residual_layer_norm(
+        np.ascontiguousarray(x).reshape(-1, shape[-1]), rows, bias, norm["weight"], norm["bias"], LN_EPS,
+        np.ascontiguousarray(pe).reshape(-1, shape[-1]), out, out_with_pe,
+    )
+    return out.reshape(shape), out_with_pe.reshape(shape)
+
+
 def softmax(logits):
     """Softmax over the last axis, computed in place on `logits` (a fresh array of the caller's)."""
     if logits.shape[-1] >= SHORT_SOFTMAX_ROWS:
@@ -132,6 +149,7 @@ def image_to_token_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_head
     """Attention of image tokens q ([B,] L, E) over T tokens k, v (B, T, E), without projecting q.
 
     For image tokens shared by all boxes, `q_heads` (h, L, d) are their projections, computed once.
+    The output projection's bias is not added: the callers add it in `residual_layer_norm`.
     """
     batch, tokens, _ = k.shape
     k = split_heads(linear(k, k_proj), num_heads)  # (B, h, T, d)
@@ -153,9 +171,7 @@ def image_to_token_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_head
 
     head_out = out_proj["weight"].reshape(num_heads, head_dim, -1)  # (h, d, E)
     value_maps = (v @ head_out).reshape(batch, num_heads * tokens, -1)  # (B, h*T, E): v W_out per head
-    out = batched_matmul(weights.reshape(batch, -1, num_heads * tokens), value_maps)  # (B, L, E)
-    out += out_proj["bias"]
-    return out
+    return batched_matmul(weights.reshape(batch, -1, num_heads * tokens), value_maps)  # (B, L, E), no bias
 
 
 def prepare_image_side(image_tokens, image_pe, params, num_heads):
@@ -179,7 +195,10 @@ def prepare_image_side(image_tokens, image_pe, params, num_heads):
 
 
 def first_layer(queries, image_side, query_pe, layer, num_heads):
-    """Run the first two-way block, reading the shared image-side projections of `prepare_image_side`."""
+    """Run the first two-way block, reading the shared image-side projections of `prepare_image_side`.
+
+    Returns the new queries (B, T, E), image tokens (B, L, E) and image tokens plus their PE.
+    """
     queries = attention(queries, queries, queries, **layer["self_attn"], num_heads=num_heads)  # no PE, no residual
     queries = layer_norm(queries, layer["norm1"])
 
@@ -194,23 +213,29 @@ def first_layer(queries, image_side, query_pe, layer, num_heads):
     queries = queries + linear(hidden, layer["mlp"]["lin2"])
     queries = layer_norm(queries, layer["norm3"])
 
-    keys = image_side["image_tokens"] + image_to_token_attention(
+    image_to_token = layer["cross_attn_image_to_token"]
+    update = image_to_token_attention(
         image_side["keys_with_pe"], queries + query_pe, queries,
-        **layer["cross_attn_image_to_token"], num_heads=num_heads, q_heads=image_side["q_heads"],
+        **image_to_token, num_heads=num_heads, q_heads=image_side["q_heads"],
     )  # (B, L, E)
-    keys = layer_norm(keys, layer["norm4"])
-    return queries, keys
+    keys, keys_with_pe = residual_layer_norm(
+        image_side["image_tokens"], update, image_to_token["out_proj"]["bias"], layer["norm4"], image_side["image_pe"]
+    )
+    return queries, keys, keys_with_pe
 
 
-def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads):
-    """Run a later two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm."""
+def two_way_layer(queries, keys, keys_with_pe, query_pe, key_pe, layer, num_heads):
+    """Run a later two-way block: self-attention, token-to-image, MLP, image-to-token, each followed by a norm.
+
+    keys_with_pe is keys + key_pe. Returns the new queries, keys and keys + key_pe.
+    """
     q = queries + query_pe
     queries = queries + attention(q, q, queries, **layer["self_attn"], num_heads=num_heads)
     queries = layer_norm(queries, layer["norm1"])
 
     # Tokens attend to the image.
     q = queries + query_pe
-    k = keys + key_pe
+    k = keys_with_pe
     queries = queries + token_to_image_attention(q, k, keys, **layer["cross_attn_token_to_image"], num_heads=num_heads)
     queries = layer_norm(queries, layer["norm2"])
 
@@ -219,13 +244,11 @@ def two_way_layer(queries, keys, query_pe, key_pe, layer, num_heads):
     queries = queries + linear(hidden, layer["mlp"]["lin2"])
     queries = layer_norm(queries, layer["norm3"])
 
-    # The image attends to the tokens; from here on the image tokens differ per box.
+    # The image attends to the tokens (k is keys + key_pe); the image tokens change only here.
     k_tokens = queries + query_pe
-    keys = keys + image_to_token_attention(
-        k, k_tokens, queries, **layer["cross_attn_image_to_token"], num_heads=num_heads
-    )  # k is still keys + key_pe: the keys change only here
-    keys = layer_norm(keys, layer["norm4"])
-    return queries, keys
+    image_to_token = layer["cross_attn_image_to_token"]
+    update = image_to_token_attention(k, k_tokens, queries, **image_to_token, num_heads=num_heads)
+    return (queries, *residual_layer_norm(keys, update, image_to_token["out_proj"]["bias"], layer["norm4"], key_pe))
 
 
 def two_way_transformer(image_side, point_tokens, params, num_heads, output_tokens=None):
@@ -237,14 +260,15 @@ def two_way_transformer(image_side, point_tokens, params, num_heads, output_toke
     Returns the updated tokens (B, output_tokens, E) and image tokens (B, L, E).
     """
     image_pe = image_side["image_pe"]
-    queries, keys = first_layer(point_tokens, image_side, point_tokens, params["layers"][0], num_heads)
+    queries, keys, keys_with_pe = first_layer(point_tokens, image_side, point_tokens, params["layers"][0], num_heads)
     for layer in params["layers"][1:]:
-        queries, keys = two_way_layer(queries, keys, point_tokens, image_pe, layer, num_heads)
+        queries, keys, keys_with_pe = two_way_layer(queries, keys, keys_with_pe, point_tokens, image_pe, layer, num_heads)
 
     read_tokens = slice(0, output_tokens)
     queries = queries[:, read_tokens]
     q = queries + point_tokens[:, read_tokens]
-    k = keys + image_pe
-    queries = queries + token_to_image_attention(q, k, keys, **params["final_attn_token_to_image"], num_heads=num_heads)
+    queries = queries + token_to_image_attention(
+        q, keys_with_pe, keys, **params["final_attn_token_to_image"], num_heads=num_heads
+    )
     queries = layer_norm(queries, params["norm_final_attn"])
     return queries, keys

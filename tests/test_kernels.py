@@ -1,0 +1,157 @@
+"""Kernels and kernel-based steps checked against NumPy written from their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npsam import kernels
+from npsam.image_encoder import attend_in_windows
+
+# (height, width, window, heads): grids that fill their windows exactly and grids that need padding,
+# with the window sizes of the registered models (7 and 14).
+GRIDS = [(14, 7, 7, 2), (12, 10, 7, 3), (16, 16, 14, 1), (5, 9, 7, 2), (28, 20, 14, 2)]
+
+
+def random_inputs(height, width, window, heads, head_dim, seed):
+    """Return qkv (H, W, 3C), the padding tokens' qkv (3C,) and an attention bias (heads, N, N)."""
+    rng = np.random.default_rng(seed)
+    qkv = rng.normal(0.0, 1.0, (height, width, 3 * heads * head_dim)).astype(np.float32)
+    padding_qkv = rng.normal(0.0, 1.0, 3 * heads * head_dim).astype(np.float32)
+    bias = rng.normal(0.0, 2.0, (heads, window * window, window * window)).astype(np.float32)
+    return qkv, padding_qkv, bias
+
+
+def numpy_window_attention(qkv, padding_qkv, bias, window, heads, head_dim, scale):
+    """Float64 window attention written from the definition: softmax(q k^T * scale + bias) v per window."""
+    height, width, _ = qkv.shape
+    padded_h = -(-height // window) * window
+    padded_w = -(-width // window) * window
+    grid = np.empty((padded_h, padded_w, qkv.shape[2]), dtype=np.float64)
+    grid[:] = padding_qkv
+    grid[:height, :width] = qkv
+    tokens = window * window
+    x = grid.reshape(padded_h // window, window, padded_w // window, window, heads, 3, head_dim)
+    x = x.transpose(0, 2, 4, 5, 1, 3, 6).reshape(padded_h // window, padded_w // window, heads, 3, tokens, head_dim)
+    q, k, v = x[:, :, :, 0], x[:, :, :, 1], x[:, :, :, 2]
+    logits = q @ np.swapaxes(k, -1, -2) * scale + bias.astype(np.float64)
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    out = weights @ v  # (wy, wx, heads, tokens, d)
+    out = out.reshape(padded_h // window, padded_w // window, heads, window, window, head_dim)
+    out = out.transpose(0, 3, 1, 4, 2, 5).reshape(padded_h, padded_w, heads * head_dim)
+    return out[:height, :width]
+
+
+@pytest.mark.parametrize("height, width, window, heads", GRIDS)
+@pytest.mark.parametrize("head_dim", [32, 8])
+def test_window_attention_matches_numpy(height, width, window, heads, head_dim):
+    qkv, padding_qkv, bias = random_inputs(height, width, window, heads, head_dim, seed=height * 100 + width)
+    out = attend_in_windows(qkv, padding_qkv, bias, window, heads)
+    expected = numpy_window_attention(qkv, padding_qkv, bias, window, heads, head_dim, head_dim**-0.5)
+    assert out.shape == (height, width, heads * head_dim) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+
+
+def test_window_change_stays_in_window():
+    """Changing one key of one head in one window changes exactly that window's outputs of that head."""
+    height, width, window, heads = 12, 10, 7, 3
+    qkv, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=7)
+    before = attend_in_windows(qkv, padding_qkv, bias, window, heads)
+    changed = qkv.copy()
+    changed[8, 3, 1 * 96 + 32 + 5] += 3.0  # head 1, key channel 5 of token (8, 3): window (1, 0)
+    after = attend_in_windows(changed, padding_qkv, bias, window, heads)
+    differs = np.any(after != before, axis=-1)
+    expected_window = np.zeros((height, width), dtype=bool)
+    expected_window[7:14, 0:7] = True
+    np.testing.assert_array_equal(differs, expected_window)
+    head_differs = np.any(after != before, axis=(0, 1)).reshape(heads, 32).any(axis=1)
+    np.testing.assert_array_equal(head_differs, [False, True, False])
+
+
+def test_padding_reaches_edge_windows_only():
+    height, width, window, heads = 12, 10, 7, 2  # padded to 14 x 14: only window (0, 0) has no padding
+    qkv, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=11)
+    before = attend_in_windows(qkv, padding_qkv, bias, window, heads)
+    changed = padding_qkv.copy()
+    changed[32 + 3] += 3.0  # key channel 3 of head 0
+    after = attend_in_windows(qkv, changed, bias, window, heads)
+    differs = np.any(after[..., :32] != before[..., :32], axis=-1)
+    expected = np.ones((height, width), dtype=bool)
+    expected[:7, :7] = False
+    np.testing.assert_array_equal(differs, expected)
+    np.testing.assert_array_equal(after[..., 32:], before[..., 32:])  # head 1 reads its own channels only
+
+
+def test_layer_norm_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = (rng.normal(0.5, 2.0, (37, 96))).astype(np.float32)
+    weight = rng.normal(1.0, 0.2, 96).astype(np.float32)
+    bias = rng.normal(0.0, 0.2, 96).astype(np.float32)
+    out = kernels.layer_norm(x, weight, bias, 1e-5)
+    x64 = x.astype(np.float64)
+    expected = (x64 - x64.mean(axis=1, keepdims=True)) / np.sqrt(x64.var(axis=1, keepdims=True) + 1e-5) * weight + bias
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_residual_layer_norm_equals_separate_passes(batch):
+    """The fused kernel gives what the unfused NumPy additions and the layer norm kernel give, bit for bit."""
+    from npsam.transformer import LN_EPS, layer_norm, residual_layer_norm
+
+    rng = np.random.default_rng(batch)
+    tokens, channels = 50, 64
+    x = rng.normal(0.0, 1.0, (tokens, channels)).astype(np.float32)  # shared by the batch, like image tokens
+    update = rng.normal(0.0, 1.0, (batch, tokens, channels)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, channels).astype(np.float32)
+    pe = rng.normal(0.0, 1.0, (tokens, channels)).astype(np.float32)
+    norm = {"weight": rng.normal(1.0, 0.1, channels).astype(np.float32), "bias": rng.normal(0.0, 0.1, channels).astype(np.float32)}
+    originals = [a.copy() for a in (x, update, bias, pe)]
+
+    keys, keys_with_pe = residual_layer_norm(x, update, bias, norm, pe)
+
+    expected = layer_norm(x + (update + bias), norm)
+    assert LN_EPS == 1e-5
+    np.testing.assert_array_equal(keys, expected)
+    np.testing.assert_array_equal(keys_with_pe, expected + pe)
+    for original, given in zip(originals, (x, update, bias, pe)):
+        np.testing.assert_array_equal(given, original)  # inputs are left as they were
+
+    # Per-box image tokens (B, L, E) as x, as in the second two-way layer.
+    per_box = rng.normal(0.0, 1.0, (batch, tokens, channels)).astype(np.float32)
+    keys, keys_with_pe = residual_layer_norm(per_box, update, bias, norm, pe)
+    np.testing.assert_array_equal(keys, layer_norm(per_box + (update + bias), norm))
+    np.testing.assert_array_equal(keys_with_pe, layer_norm(per_box + (update + bias), norm) + pe)
+
+
+def test_bias_residual_inplace_equals_numpy():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.0, (33, 40)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, 40).astype(np.float32)
+    residual = rng.normal(0.0, 1.0, (33, 40)).astype(np.float32)
+    expected = residual + (x + bias)
+    kernels.bias_residual_inplace(x, bias, residual)
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("height, width, stride", [(9, 7, 1), (8, 8, 2), (7, 10, 2), (1, 5, 1), (3, 3, 1)])
+@pytest.mark.parametrize("apply_gelu", [False, True])
+def test_depthwise_conv3x3_matches_numpy(height, width, stride, apply_gelu):
+    from scipy.special import erf
+
+    rng = np.random.default_rng(height * 10 + width + stride)
+    channels = 24
+    x = rng.normal(0.0, 1.0, (height, width, channels)).astype(np.float32)
+    weight = rng.normal(0.0, 1.0, (3, 3, channels)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, channels).astype(np.float32)
+    out = kernels.depthwise_conv3x3(x, weight, bias, stride, apply_gelu)
+
+    padded = np.zeros((height + 2, width + 2, channels))
+    padded[1:-1, 1:-1] = x
+    full = sum(padded[di : di + height, dj : dj + width] * weight[di, dj].astype(np.float64) for di in range(3) for dj in range(3))
+    expected = (full + bias)[::stride, ::stride]
+    if apply_gelu:
+        expected = expected / 2 * (1 + erf(expected / np.sqrt(2)))
+    assert out.shape == expected.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
