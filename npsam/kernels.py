@@ -165,6 +165,19 @@ def layer_norm(x, weight, bias, eps):
     return out
 
 
+@njit(cache=True, error_model="numpy")
+def layer_norm_serial(x, weight, bias, eps):
+    """`layer_norm` on the calling thread, for a few rows: waking the thread pool costs more than they do."""
+    rows = x.shape[0]
+    out = np.empty_like(x)
+    for r in range(rows):
+        _layer_norm_row(x[r], out[r], weight, bias, eps)
+    return out
+
+
+_ROW_BLOCK = 64
+
+
 @njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
 def residual_layer_norm(x, update, bias, weight, norm_bias, eps, pe, out, out_with_pe):
     """out = layer_norm(x + (update + bias)) and out_with_pe = out + pe, in one pass over the rows.
@@ -176,17 +189,22 @@ def residual_layer_norm(x, update, bias, weight, norm_bias, eps, pe, out, out_wi
     rows, channels = update.shape
     x_rows = x.shape[0]
     pe_rows = pe.shape[0]
-    for r in prange(rows):
-        source = x[r % x_rows]
-        change = update[r]
-        row = out[r]
-        for c in range(channels):
-            row[c] = source[c] + (change[c] + bias[c])
-        _layer_norm_row(row, row, weight, norm_bias, eps)
-        position = pe[r % pe_rows]
-        with_pe = out_with_pe[r]
-        for c in range(channels):
-            with_pe[c] = row[c] + position[c]
+    blocks = (rows + _ROW_BLOCK - 1) // _ROW_BLOCK
+    for block in prange(blocks):
+        # The sum goes to a scratch row: normalising a row in place would make LLVM's overlap check
+        # fail and run the scalar loop.
+        summed = np.empty(channels, dtype=np.float32)
+        for r in range(block * _ROW_BLOCK, min((block + 1) * _ROW_BLOCK, rows)):
+            source = x[r % x_rows]
+            change = update[r]
+            for c in range(channels):
+                summed[c] = source[c] + (change[c] + bias[c])
+            row = out[r]
+            _layer_norm_row(summed, row, weight, norm_bias, eps)
+            position = pe[r % pe_rows]
+            with_pe = out_with_pe[r]
+            for c in range(channels):
+                with_pe[c] = row[c] + position[c]
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
@@ -260,12 +278,15 @@ def upscale_norm_gelu(blocks, bias, weight, norm_bias, eps):
     channels = bias.size
     out = np.empty((2 * height, 2 * width, channels), dtype=np.float32)
     for i in prange(height):
-        row = np.empty(channels, dtype=np.float32)
-        exponent_bits = np.empty(channels, dtype=np.int32)
-        tail = np.empty(channels, dtype=np.float32)
+        # The four output pixels of one token are normalised one by one, then pass GELU together:
+        # one span of 4 * C values has less loop overhead than four short ones.
+        pixels = np.empty(4 * channels, dtype=np.float32)
+        exponent_bits = np.empty(4 * channels, dtype=np.int32)
+        tail = np.empty(4 * channels, dtype=np.float32)
         for j in range(width):
             for k in range(4):
                 source = blocks[i, j, k * channels : (k + 1) * channels]  # a slice: Numba checks computed indices for wraparound
+                row = pixels[k * channels : (k + 1) * channels]
                 mean = 0.0
                 for c in range(channels):
                     value = source[c] + bias[c]
@@ -280,8 +301,9 @@ def upscale_norm_gelu(blocks, bias, weight, norm_bias, eps):
                 inv = 1.0 / math.sqrt(var + eps)
                 for c in range(channels):
                     row[c] = np.float32((row[c] - mean) * inv) * weight[c] + norm_bias[c]
-                _gelu_span(row, 0, channels, exponent_bits, tail)
-                out[2 * i + k // 2, 2 * j + k % 2, :] = row
+            _gelu_span(pixels, 0, 4 * channels, exponent_bits, tail)
+            for k in range(4):
+                out[2 * i + k // 2, 2 * j + k % 2, :] = pixels[k * channels : (k + 1) * channels]
     return out
 
 
@@ -296,16 +318,21 @@ def upscale_gelu_project(blocks, bias, hyper):
     height, width, _ = blocks.shape
     channels = bias.size
     out = np.empty((2 * height, 2 * width), dtype=np.float32)
+    tiled_bias = np.empty(4 * channels, dtype=np.float32)  # the bias of each of the four output pixels
+    for k in range(4):
+        tiled_bias[k * channels : (k + 1) * channels] = bias
     for i in prange(height):
-        row = np.empty(channels, dtype=np.float32)
-        exponent_bits = np.empty(channels, dtype=np.int32)
-        tail = np.empty(channels, dtype=np.float32)
+        # The four output pixels of one token pass GELU as one span of 4 * C values.
+        pixels = np.empty(4 * channels, dtype=np.float32)
+        exponent_bits = np.empty(4 * channels, dtype=np.int32)
+        tail = np.empty(4 * channels, dtype=np.float32)
         for j in range(width):
+            source = blocks[i, j]
+            for c in range(4 * channels):
+                pixels[c] = source[c] + tiled_bias[c]
+            _gelu_span(pixels, 0, 4 * channels, exponent_bits, tail)
             for k in range(4):
-                source = blocks[i, j, k * channels : (k + 1) * channels]  # a slice: Numba checks computed indices for wraparound
-                for c in range(channels):
-                    row[c] = source[c] + bias[c]
-                _gelu_span(row, 0, channels, exponent_bits, tail)
+                row = pixels[k * channels : (k + 1) * channels]
                 total = np.float32(0.0)
                 for c in range(channels):
                     total += row[c] * hyper[c]
@@ -361,36 +388,47 @@ def _sum_of(values):
 _SOFTMAX_BLOCK_ROWS = 256
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
-def softmax_inplace(x):
-    """Softmax over the last axis of a contiguous (rows, n) float32 array, in place.
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _softmax_rows(x, first, last):
+    """Softmax of rows first..last-1 of a contiguous (rows, n) float32 array, in place.
 
-    Rows are handled in blocks: subtract each row's maximum, exponentiate the whole block in one
-    vectorised pass, then scale each row by the inverse of its sum.
+    Subtract each row's maximum, exponentiate the rows in one vectorised pass, then scale each row by
+    the inverse of its sum.
     """
-    rows, n = x.shape
-    flat = x.reshape(-1)
+    n = x.shape[1]
+    for r in range(first, last):
+        row = x[r]
+        peak = row[0]
+        for j in range(1, n):
+            peak = max(peak, row[j])
+        for j in range(n):
+            row[j] -= peak
+    exponent_bits = np.empty((last - first) * n, dtype=np.int32)
+    _exp_nonpositive_span(x.reshape(-1), first * n, last * n, exponent_bits)
+    for r in range(first, last):
+        row = x[r]
+        total = np.float32(0.0)
+        for j in range(n):
+            total += row[j]
+        inverse = np.float32(1.0) / total
+        for j in range(n):
+            row[j] *= inverse
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def softmax_inplace(x):
+    """Softmax over the last axis of a contiguous (rows, n) float32 array, in place, in blocks of rows."""
+    rows = x.shape[0]
     blocks = (rows + _SOFTMAX_BLOCK_ROWS - 1) // _SOFTMAX_BLOCK_ROWS
     for block in prange(blocks):
         first = block * _SOFTMAX_BLOCK_ROWS
-        last = min(first + _SOFTMAX_BLOCK_ROWS, rows)
-        for r in range(first, last):
-            row = x[r]
-            peak = row[0]
-            for j in range(1, n):
-                peak = max(peak, row[j])
-            for j in range(n):
-                row[j] -= peak
-        exponent_bits = np.empty((last - first) * n, dtype=np.int32)
-        _exp_nonpositive_span(flat, first * n, last * n, exponent_bits)
-        for r in range(first, last):
-            row = x[r]
-            total = np.float32(0.0)
-            for j in range(n):
-                total += row[j]
-            inverse = np.float32(1.0) / total
-            for j in range(n):
-                row[j] *= inverse
+        _softmax_rows(x, first, min(first + _SOFTMAX_BLOCK_ROWS, rows))
+
+
+@njit(cache=True, error_model="numpy")
+def softmax_inplace_serial(x):
+    """`softmax_inplace` on the calling thread, for a few rows."""
+    _softmax_rows(x, 0, x.shape[0])
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

@@ -28,10 +28,16 @@ def linear(x, weights):
     return x @ weights["weight"] + weights["bias"]
 
 
+# Arrays up to this many items are normalised or softmaxed on the calling thread. Waking Numba's thread
+# pool took about 70 microseconds per call, more than such small arrays need.
+SERIAL_KERNEL_ITEMS = 1 << 14
+
+
 def layer_norm(x, norm):
     shape = x.shape
-    out = kernels.layer_norm(np.ascontiguousarray(x).reshape(-1, shape[-1]), norm["weight"], norm["bias"], LN_EPS)
-    return out.reshape(shape)
+    rows = np.ascontiguousarray(x).reshape(-1, shape[-1])
+    normalise = kernels.layer_norm_serial if rows.size <= SERIAL_KERNEL_ITEMS else kernels.layer_norm
+    return normalise(rows, norm["weight"], norm["bias"], LN_EPS).reshape(shape)
 
 
 # Rows at least this long go through NumPy, whose reductions vectorise along a row. Shorter rows, such
@@ -64,7 +70,11 @@ def softmax(logits):
         logits /= logits.sum(axis=-1, keepdims=True)
         return logits
     logits = np.ascontiguousarray(logits)
-    kernels.softmax_inplace(logits.reshape(-1, logits.shape[-1]))
+    rows = logits.reshape(-1, logits.shape[-1])
+    if rows.size <= SERIAL_KERNEL_ITEMS:
+        kernels.softmax_inplace_serial(rows)
+    else:
+        kernels.softmax_inplace(rows)
     return logits
 
 

@@ -155,3 +155,19 @@ def test_depthwise_conv3x3_matches_numpy(height, width, stride, apply_gelu):
         expected = expected / 2 * (1 + erf(expected / np.sqrt(2)))
     assert out.shape == expected.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+def test_serial_kernels_equal_parallel_ones():
+    rng = np.random.default_rng(9)
+    x = rng.normal(0.0, 3.0, (300, 7)).astype(np.float32)
+    weight = rng.normal(1.0, 0.2, 7).astype(np.float32)
+    bias = rng.normal(0.0, 0.2, 7).astype(np.float32)
+    np.testing.assert_array_equal(kernels.layer_norm_serial(x, weight, bias, 1e-5), kernels.layer_norm(x, weight, bias, 1e-5))
+
+    serial, parallel = x.copy(), x.copy()
+    kernels.softmax_inplace_serial(serial)
+    kernels.softmax_inplace(parallel)
+    np.testing.assert_array_equal(serial, parallel)
+    x64 = x.astype(np.float64)
+    expected = np.exp(x64 - x64.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(serial, expected / expected.sum(axis=1, keepdims=True), rtol=0, atol=1e-6)
