@@ -69,7 +69,7 @@ def patch_merging(x, conv1, conv2, conv3, stride):
 
 
 def window_attention(x, attn, num_heads, window, residual=None):
-    """TinyViT window attention on an (H, W, C) grid: returns the attention output (H, W, C) [+ residual].
+    """Apply TinyViT window attention to an (H, W, C) grid and return its output, plus `residual` if given.
 
     TinyViT pads the grid with zeros at the bottom and right to multiples of `window` before the layer
     norm, so the padded tokens become the norm's bias vector and take part as keys and values without a
@@ -83,7 +83,7 @@ def window_attention(x, attn, num_heads, window, residual=None):
 
 
 def attend_in_windows(qkv, padding_qkv, attention_bias, window, num_heads):
-    """Multi-head attention inside the windows of an (H, W, 3C) qkv grid; returns (H, W, C), heads concatenated.
+    """Run multi-head attention inside the windows of an (H, W, 3C) qkv grid and return (H, W, C), heads concatenated.
 
     The grid is padded at the bottom and right to multiples of `window` with tokens whose projection is
     `padding_qkv` (3C,); they take part as keys and values, and only the real tokens are returned.

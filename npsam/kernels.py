@@ -135,7 +135,7 @@ def bias_residual_inplace(x, bias, residual):
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _layer_norm_row(src, dst, weight, bias, eps):
-    """Write the layer norm of the float32 row `src` to `dst`, which may be `src` itself.
+    """Write the layer norm of the float32 row `src` to `dst`.
 
     Mean and variance are accumulated in float64 and the result divides by sqrt(var + eps), which is
     what both `nn.LayerNorm` and SAM's `LayerNorm2d` compute up to float32 rounding.

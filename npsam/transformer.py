@@ -159,7 +159,7 @@ def image_to_token_attention(q, k, v, q_proj, k_proj, v_proj, out_proj, num_head
     """Attention of image tokens q ([B,] L, E) over T tokens k, v (B, T, E), without projecting q.
 
     For image tokens shared by all boxes, `q_heads` (h, L, d) are their projections, computed once.
-    The output projection's bias is not added: the callers add it in `residual_layer_norm`.
+    The callers add the output projection's bias in `residual_layer_norm`.
     """
     batch, tokens, _ = k.shape
     k = split_heads(linear(k, k_proj), num_heads)  # (B, h, T, d)

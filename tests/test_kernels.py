@@ -115,8 +115,8 @@ def test_residual_layer_norm_equals_separate_passes(batch):
     assert LN_EPS == 1e-5
     np.testing.assert_array_equal(keys, expected)
     np.testing.assert_array_equal(keys_with_pe, expected + pe)
-    for original, given in zip(originals, (x, update, bias, pe)):
-        np.testing.assert_array_equal(given, original)  # inputs are left as they were
+    for original, argument in zip(originals, (x, update, bias, pe)):
+        np.testing.assert_array_equal(argument, original)  # inputs are left as they were
 
     # Per-box image tokens (B, L, E) as x, as in the second two-way layer.
     per_box = rng.normal(0.0, 1.0, (batch, tokens, channels)).astype(np.float32)
