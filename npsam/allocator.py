@@ -1,8 +1,8 @@
 """glibc malloc settings that let the encoder reuse freed memory instead of faulting in fresh pages.
 
 One 256x256 slice allocates and frees temporary arrays of up to 67 MB. By default glibc's malloc serves
-large blocks with mmap and returns them to the kernel on free (the threshold starts at 128 KiB and
-adapts up to 32 MiB), and it trims the heap when more than a few MB at its top are free. Every encoder run then faults in and zeroes its working memory
+large blocks with mmap and returns them to the kernel on free. Its threshold starts at 128 KiB and
+adapts up to 32 MiB, and it also trims the heap when more than a few MB at its top are free. Every encoder run then faults in and zeroes its working memory
 again. On the 2-core development machine (glibc 2.36) that was about a quarter of LiteMedSAM's encoder
 time; benchmarks/README.md gives the measurement. `keep_freed_memory` raises the mmap and trim
 thresholds with `mallopt`, so freed blocks stay in the process and the next slice reuses them. The

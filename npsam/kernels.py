@@ -213,8 +213,8 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
 
     `weight` is (3, 3, C) and `bias` (C,). Output row i reads input rows stride*i - 1 .. stride*i + 1.
     With `apply_gelu` GELU is applied to the output. Pixels whose nine taps all lie inside the image
-    add the taps in one pass over the channels, keeping the sums in registers; border pixels skip the
-    taps outside. Both add the taps in the same order.
+    add the taps in one pass over the channels, so the sums stay in registers. Border pixels skip the
+    taps outside. Both paths add the taps in the same order.
     """
     height, width, channels = x.shape
     out_h = (height - 1) // stride + 1
@@ -281,26 +281,15 @@ def upscale_norm_gelu(blocks, bias, weight, norm_bias, eps):
         # The four output pixels of one token are normalised one by one, then pass GELU together:
         # one span of 4 * C values has less loop overhead than four short ones.
         pixels = np.empty(4 * channels, dtype=np.float32)
+        summed = np.empty(channels, dtype=np.float32)  # a scratch row, so the norm does not run in place
         exponent_bits = np.empty(4 * channels, dtype=np.int32)
         tail = np.empty(4 * channels, dtype=np.float32)
         for j in range(width):
             for k in range(4):
                 source = blocks[i, j, k * channels : (k + 1) * channels]  # a slice: Numba checks computed indices for wraparound
-                row = pixels[k * channels : (k + 1) * channels]
-                mean = 0.0
                 for c in range(channels):
-                    value = source[c] + bias[c]
-                    row[c] = value
-                    mean += value
-                mean /= channels
-                var = 0.0
-                for c in range(channels):
-                    d = row[c] - mean
-                    var += d * d
-                var /= channels
-                inv = 1.0 / math.sqrt(var + eps)
-                for c in range(channels):
-                    row[c] = np.float32((row[c] - mean) * inv) * weight[c] + norm_bias[c]
+                    summed[c] = source[c] + bias[c]
+                _layer_norm_row(summed, pixels[k * channels : (k + 1) * channels], weight, norm_bias, eps)
             _gelu_span(pixels, 0, 4 * channels, exponent_bits, tail)
             for k in range(4):
                 out[2 * i + k // 2, 2 * j + k % 2, :] = pixels[k * channels : (k + 1) * channels]

@@ -50,7 +50,8 @@ def test_window_attention_matches_numpy(height, width, window, heads, head_dim):
     qkv, padding_qkv, bias = random_inputs(height, width, window, heads, head_dim, seed=height * 100 + width)
     out = attend_in_windows(qkv, padding_qkv, bias, window, heads)
     expected = numpy_window_attention(qkv, padding_qkv, bias, window, heads, head_dim, head_dim**-0.5)
-    assert out.shape == (height, width, heads * head_dim) and out.dtype == np.float32
+    assert out.shape == (height, width, heads * head_dim)
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
 
 
@@ -153,7 +154,8 @@ def test_depthwise_conv3x3_matches_numpy(height, width, stride, apply_gelu):
     expected = (full + bias)[::stride, ::stride]
     if apply_gelu:
         expected = expected / 2 * (1 + erf(expected / np.sqrt(2)))
-    assert out.shape == expected.shape and out.dtype == np.float32
+    assert out.shape == expected.shape
+    assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
