@@ -111,15 +111,23 @@ def bias_gelu_inplace(x, bias, residual):
     rows, channels = x.shape
     with_residual = residual.shape[0] == rows
     flat = x.reshape(-1)
-    for r in prange(rows):
-        exponent_bits = np.empty(channels, dtype=np.int32)
-        tail = np.empty(channels, dtype=np.float32)
-        for c in range(channels):
-            value = x[r, c] + bias[c]
-            if with_residual:
-                value = value + residual[r, c]
-            x[r, c] = value
-        _gelu_span(flat, r * channels, (r + 1) * channels, exponent_bits, tail)
+    # Rows are processed in blocks of about _GELU_CHUNK values, so that the scratch arrays are
+    # allocated once per block: allocating them per row cost more than the GELU of a short row.
+    block_rows = max(1, _GELU_CHUNK // channels)
+    blocks = (rows + block_rows - 1) // block_rows
+    for block in prange(blocks):
+        first = block * block_rows
+        last = min(first + block_rows, rows)
+        exponent_bits = np.empty((last - first) * channels, dtype=np.int32)
+        tail = np.empty((last - first) * channels, dtype=np.float32)
+        for r in range(first, last):
+            row = x[r]
+            for c in range(channels):
+                value = row[c] + bias[c]
+                if with_residual:
+                    value = value + residual[r, c]
+                row[c] = value
+        _gelu_span(flat, first * channels, last * channels, exponent_bits, tail)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

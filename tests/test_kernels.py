@@ -136,6 +136,23 @@ def test_bias_residual_inplace_equals_numpy():
     np.testing.assert_array_equal(x, expected)
 
 
+# Row counts and widths around the kernel's blocks of _GELU_CHUNK values: one row per block, several
+# rows per block, and a last block that holds fewer rows than the others.
+@pytest.mark.parametrize("rows, channels", [(3, 3000), (70, 64), (1, 5), (129, 48)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bias_gelu_inplace_matches_numpy(rows, channels, with_residual):
+    from scipy.special import erf
+
+    rng = np.random.default_rng(rows + channels)
+    x = rng.normal(0.0, 2.0, (rows, channels)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, channels).astype(np.float32)
+    residual = rng.normal(0.0, 1.0, (rows, channels)).astype(np.float32) if with_residual else np.empty((0, channels), np.float32)
+    summed = (x + bias) + residual if with_residual else x + bias  # the kernel's float32 additions, in its order
+    kernels.bias_gelu_inplace(x, bias, residual)
+    expected = summed.astype(np.float64) / 2 * (1 + erf(summed.astype(np.float64) / np.sqrt(2)))
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-6 * max(1.0, float(np.abs(expected).max())))
+
+
 @pytest.mark.parametrize("height, width, stride", [(9, 7, 1), (8, 8, 2), (7, 10, 2), (1, 5, 1), (3, 3, 1)])
 @pytest.mark.parametrize("apply_gelu", [False, True])
 def test_depthwise_conv3x3_matches_numpy(height, width, stride, apply_gelu):
