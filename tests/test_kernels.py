@@ -146,8 +146,11 @@ def test_bias_gelu_inplace_matches_numpy(rows, channels, with_residual):
     rng = np.random.default_rng(rows + channels)
     x = rng.normal(0.0, 2.0, (rows, channels)).astype(np.float32)
     bias = rng.normal(0.0, 1.0, channels).astype(np.float32)
-    residual = rng.normal(0.0, 1.0, (rows, channels)).astype(np.float32) if with_residual else np.empty((0, channels), np.float32)
-    summed = (x + bias) + residual if with_residual else x + bias  # the kernel's float32 additions, in its order
+    summed = x + bias
+    residual = np.empty((0, channels), np.float32)
+    if with_residual:
+        residual = rng.normal(0.0, 1.0, (rows, channels)).astype(np.float32)
+        summed = summed + residual  # the same float32 additions as the kernel, in the same order
     kernels.bias_gelu_inplace(x, bias, residual)
     expected = summed.astype(np.float64) / 2 * (1 + erf(summed.astype(np.float64) / np.sqrt(2)))
     np.testing.assert_allclose(x, expected, rtol=0, atol=1e-6 * max(1.0, float(np.abs(expected).max())))
