@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npsam import kernels
+from npsam import blas, kernels
 from npsam.config import ModelConfig
 
 __all__ = ["encode_image", "encoder_stages"]
@@ -92,11 +92,11 @@ def attend_in_windows(qkv, padding_qkv, attention_bias, window, num_heads):
     height, width, _ = qkv.shape
     head_dim = qkv.shape[2] // (3 * num_heads)
     padding_qkv = np.array(padding_qkv, dtype=np.float32)  # writeable, so that the kernel's argument types match
-    # Windows and heads form one batch of small products, which NumPy hands to BLAS one by one.
+    # Windows and heads form one stack of small products, shared between threads by blas.stacked_matmul.
     q, k_t, v = kernels.gather_windows(qkv, padding_qkv, window, num_heads, head_dim)  # (B, N, d), (B, d, N), (B, N, d)
-    weights = np.matmul(q, k_t)  # (B, N, N)
+    weights = blas.stacked_matmul(q, k_t)  # (B, N, N)
     kernels.window_softmax_inplace(weights, attention_bias, num_heads, np.float32(head_dim**-0.5))
-    windows = np.matmul(weights, v)  # (B, N, d)
+    windows = blas.stacked_matmul(weights, v)  # (B, N, d)
     return kernels.scatter_windows(windows, height, width, window, num_heads)
 
 

@@ -1,0 +1,71 @@
+"""Stacked small products split between threads: same results as np.matmul, OpenBLAS's thread count restored."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from npsam import blas
+
+
+def numpy_uses_openblas() -> bool:
+    config = np.show_config(mode="dicts")
+    return "openblas" in str(config["Build Dependencies"]["blas"].get("name", "")).lower()
+
+
+def random_stack(batch, rows, inner, columns, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0.0, 1.0, (batch, rows, inner)).astype(np.float32)
+    b = rng.normal(0.0, 1.0, (batch, inner, columns)).astype(np.float32)
+    return a, b
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not numpy_uses_openblas(), reason="needs NumPy with OpenBLAS on Linux")
+def test_finds_numpy_openblas():
+    found = blas.openblas_threads()
+    assert found is not None
+    assert found.get() >= 1
+    assert "openblas" in found.path.lower()
+
+
+# Stacks as the window attention makes them (196- and 49-token windows), an odd count and a single product.
+@pytest.mark.parametrize("batch, rows, inner, columns", [(125, 196, 32, 196), (25, 196, 196, 32), (37, 49, 32, 49), (1, 5, 3, 4)])
+def test_stacked_matmul_equals_numpy(batch, rows, inner, columns):
+    a, b = random_stack(batch, rows, inner, columns)
+    threads_before = blas.openblas_threads().get() if blas.openblas_threads() else None
+    out = blas.stacked_matmul(a, b)
+    assert out.dtype == np.float32
+    assert out.shape == (batch, rows, columns)
+    np.testing.assert_array_equal(out, np.matmul(a, b))
+    if threads_before is not None:
+        assert blas.openblas_threads().get() == threads_before
+
+
+@pytest.mark.skipif(blas.openblas_threads() is None or blas.openblas_threads().get() < 2, reason="needs OpenBLAS with 2 or more threads")
+def test_stacked_matmul_uses_helper_threads():
+    a, b = random_stack(8, 49, 32, 49)
+    blas.stacked_matmul(a, b)
+    names = [thread.name for thread in threading.enumerate()]
+    assert any(name.startswith("npsam-matmul") for name in names)
+
+
+def test_stacked_matmul_without_openblas(monkeypatch):
+    monkeypatch.setattr(blas, "openblas_threads", lambda: None)
+    a, b = random_stack(9, 20, 8, 12)
+    np.testing.assert_array_equal(blas.stacked_matmul(a, b), np.matmul(a, b))
+
+
+def test_concurrent_callers_restore_thread_count():
+    found = blas.openblas_threads()
+    threads_before = found.get() if found else None
+    stacks = [random_stack(30, 49, 32, 49, seed=seed) for seed in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as callers:
+        results = list(callers.map(lambda stack: blas.stacked_matmul(*stack), stacks))
+    for (a, b), out in zip(stacks, results):
+        np.testing.assert_array_equal(out, np.matmul(a, b))
+    if found is not None:
+        assert found.get() == threads_before
