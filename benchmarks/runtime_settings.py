@@ -6,9 +6,12 @@ Two comparisons, each in fresh processes that alternate between the two settings
   (GOMP_SPINCOUNT=300000, which overrides the wait policy, and OPENBLAS_THREAD_TIMEOUT=28).
 - `--compare memory`: `npsam.load_model` raises glibc malloc's mmap and trim thresholds (see
   npsam/allocator.py). The other runs set NPSAM_KEEP_FREED_MEMORY=0, which leaves malloc as it is.
+- `--compare products`: the window attention's stacks of small products are split between Python
+  threads with OpenBLAS on one thread (see npsam/blas.py). The other runs set NPSAM_SPLIT_PRODUCTS=0,
+  which leaves them to np.matmul.
 Each line also gives the process's peak resident memory.
 
-Usage: python benchmarks/runtime_settings.py [--compare threads|memory] [--rounds 2]
+Usage: python benchmarks/runtime_settings.py [--compare threads|memory|products] [--rounds 2]
 Timings are reported, never asserted.
 """
 
@@ -27,10 +30,12 @@ LIBRARY_DEFAULTS = {"GOMP_SPINCOUNT": "300000", "OPENBLAS_THREAD_TIMEOUT": "28"}
 CONTROLLED = {
     "threads": ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT"),
     "memory": ("NPSAM_KEEP_FREED_MEMORY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES"),
+    "products": ("NPSAM_SPLIT_PRODUCTS",),
 }
 SETTINGS = {
     "threads": {"npsam's settings": {}, "library defaults": LIBRARY_DEFAULTS},
     "memory": {"npsam's settings": {}, "malloc defaults": {"NPSAM_KEEP_FREED_MEMORY": "0"}},
+    "products": {"npsam's settings": {}, "np.matmul": {"NPSAM_SPLIT_PRODUCTS": "0"}},
 }
 
 MEASUREMENT = textwrap.dedent(

@@ -12,7 +12,8 @@ results equal np.matmul's bit for bit in the tests; only the scheduling changes.
 gives the effect on the encoder.
 
 This needs the OpenBLAS that NumPy loaded and its thread-count functions, found through the process's
-memory map (Linux only). Elsewhere, or with another BLAS, `stacked_matmul` is plain `np.matmul`.
+memory map (Linux only). Elsewhere, with another BLAS, or with `NPSAM_SPLIT_PRODUCTS=0` in the
+environment when npsam first encodes, `stacked_matmul` is plain `np.matmul`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["stacked_matmul", "openblas_threads"]
+__all__ = ["stacked_matmul", "openblas_threads", "OPT_OUT_VARIABLE"]
 
 logger = logging.getLogger(__name__)
+
+OPT_OUT_VARIABLE = "NPSAM_SPLIT_PRODUCTS"
 
 # Names of OpenBLAS's thread-count functions: NumPy's wheels rename them with a prefix and suffix.
 _FUNCTION_NAMES = (
@@ -58,7 +61,10 @@ class _OpenBLASThreads:
 
 @functools.lru_cache(maxsize=1)
 def openblas_threads() -> _OpenBLASThreads | None:
-    """Return the thread-count functions of the OpenBLAS that NumPy uses, or None if none is found."""
+    """Return the thread-count functions of the OpenBLAS that NumPy uses, or None if none is found or the user opted out."""
+    if os.environ.get(OPT_OUT_VARIABLE, "1") == "0":
+        logger.debug("%s=0: stacked products left to np.matmul", OPT_OUT_VARIABLE)
+        return None
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -69,3 +71,11 @@ def test_concurrent_callers_restore_thread_count():
         np.testing.assert_array_equal(out, np.matmul(a, b))
     if found is not None:
         assert found.get() == threads_before
+
+
+def test_opt_out_variable_leaves_numpy_matmul():
+    probe = "from npsam import blas; print(blas.openblas_threads() is None)"
+    environment = {**os.environ, blas.OPT_OUT_VARIABLE: "0"}
+    result = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
