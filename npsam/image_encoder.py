@@ -43,9 +43,23 @@ def conv1x1(x, conv, apply_gelu=False, residual=None):
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
-def depthwise3x3(x, conv, stride=1, apply_gelu=False):
-    """Depthwise 3x3 convolution, padding 1, on an (H, W, C) grid."""
-    return kernels.depthwise_conv3x3(x, conv["weight"], conv["bias"], stride, apply_gelu)
+def depthwise3x3(x, conv):
+    """Depthwise 3x3 convolution, padding 1, stride 1, on an (H, W, C) grid."""
+    return kernels.depthwise_conv3x3(x, conv["weight"], conv["bias"], 1, False)
+
+
+def gelu_depthwise3x3(x, conv_before, conv, stride=1):
+    """Return GELU(depthwise 3x3(GELU(x + conv_before's bias))) of an (H, W, C) grid, fused in one kernel.
+
+    x is the output of conv_before's GEMM without its bias, so the activated grid is never stored.
+    """
+    return kernels.gelu_depthwise_conv3x3(x, conv_before["bias"], conv["weight"], conv["bias"], stride, True)
+
+
+def gemm_only(x, conv):
+    """Return the GEMM of a 1x1 convolution without its bias, on channel-last data: (..., Cin) -> (..., Cout)."""
+    shape = x.shape
+    return (x.reshape(-1, shape[-1]) @ conv["weight"]).reshape(*shape[:-1], -1)
 
 
 def patch_embed(image, seq):
@@ -56,15 +70,13 @@ def patch_embed(image, seq):
 
 def mbconv(x, conv1, conv2, conv3):
     """Inverted residual block of stage 0; the last GELU comes after the residual addition."""
-    hidden = conv1x1(x, conv1, apply_gelu=True)  # (H, W, 4C)
-    hidden = depthwise3x3(hidden, conv2, apply_gelu=True)
+    hidden = gelu_depthwise3x3(gemm_only(x, conv1), conv1, conv2)  # (H, W, 4C): conv1, GELU, conv2, GELU
     return conv1x1(hidden, conv3, apply_gelu=True, residual=x)  # (H, W, C): GELU(conv3 + x)
 
 
 def patch_merging(x, conv1, conv2, conv3, stride):
     """Downsample between stages: 1x1 conv, GELU, depthwise 3x3 with `stride`, GELU, 1x1 conv (no activation)."""
-    x = conv1x1(x, conv1, apply_gelu=True)  # (H, W, Cout)
-    x = depthwise3x3(x, conv2, stride=stride, apply_gelu=True)  # (H/stride, W/stride, Cout)
+    x = gelu_depthwise3x3(gemm_only(x, conv1), conv1, conv2, stride)  # (H/stride, W/stride, Cout)
     return conv1x1(x, conv3)
 
 

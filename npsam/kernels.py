@@ -215,62 +215,127 @@ def residual_layer_norm(x, update, bias, weight, norm_bias, eps, pe, out, out_wi
                 with_pe[c] = row[c] + position[c]
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
-def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
-    """Depthwise 3x3 convolution with zero padding 1 on an (H, W, C) float32 image.
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _depthwise_row(top, middle, bottom, has_top, has_bottom, out_row, weight, bias, stride):
+    """Compute one output row of a depthwise 3x3 convolution from its three (W, C) input rows.
 
-    `weight` is (3, 3, C) and `bias` (C,). Output row i reads input rows stride*i - 1 .. stride*i + 1.
-    With `apply_gelu` GELU is applied to the output. Pixels whose nine taps all lie inside the image
+    `top` and `bottom` are ignored when `has_top` / `has_bottom` is False (zero padding). Output
+    pixel j reads columns stride*j - 1 .. stride*j + 1. Pixels whose nine taps all lie inside the image
     add the taps in one pass over the channels, so the sums stay in registers. Border pixels skip the
     taps outside. Both paths add the taps in the same order.
+    """
+    width, channels = middle.shape
+    out_w = out_row.shape[0]
+    w00, w01, w02 = weight[0, 0], weight[0, 1], weight[0, 2]
+    w10, w11, w12 = weight[1, 0], weight[1, 1], weight[1, 2]
+    w20, w21, w22 = weight[2, 0], weight[2, 1], weight[2, 2]
+    for j in range(out_w):
+        acc = out_row[j]
+        left = stride * j - 1
+        if has_top and has_bottom and left >= 0 and left + 2 < width:
+            x00, x01, x02 = top[left], top[left + 1], top[left + 2]
+            x10, x11, x12 = middle[left], middle[left + 1], middle[left + 2]
+            x20, x21, x22 = bottom[left], bottom[left + 1], bottom[left + 2]
+            for c in range(channels):
+                value = bias[c]
+                value += x00[c] * w00[c]
+                value += x01[c] * w01[c]
+                value += x02[c] * w02[c]
+                value += x10[c] * w10[c]
+                value += x11[c] * w11[c]
+                value += x12[c] * w12[c]
+                value += x20[c] * w20[c]
+                value += x21[c] * w21[c]
+                value += x22[c] * w22[c]
+                acc[c] = value
+            continue
+        acc[:] = bias
+        for di in range(3):
+            if (di == 0 and not has_top) or (di == 2 and not has_bottom):
+                continue
+            row = middle
+            if di == 0:
+                row = top
+            elif di == 2:
+                row = bottom
+            for dj in range(3):
+                col = left + dj
+                if col < 0 or col >= width:
+                    continue
+                pixel = row[col]
+                tap = weight[di, dj]
+                for c in range(channels):
+                    acc[c] += pixel[c] * tap[c]
+
+
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _gelu_row(row, exponent_bits, tail):
+    """Apply GELU in place to a contiguous row, in spans of the scratch arrays' length."""
+    flat = row.reshape(-1)
+    chunk = exponent_bits.size
+    for start in range(0, flat.size, chunk):
+        _gelu_span(flat, start, min(start + chunk, flat.size), exponent_bits, tail)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
+    """Return the depthwise 3x3 convolution with zero padding 1 of an (H, W, C) float32 image.
+
+    `weight` is (3, 3, C) and `bias` (C,). Output row i reads input rows stride*i - 1 .. stride*i + 1.
+    With `apply_gelu` GELU is applied to the output.
     """
     height, width, channels = x.shape
     out_h = (height - 1) // stride + 1
     out_w = (width - 1) // stride + 1
     out = np.empty((out_h, out_w, channels), dtype=np.float32)
-    flat = out.reshape(-1)
-    row_size = out_w * channels
-    w00, w01, w02 = weight[0, 0], weight[0, 1], weight[0, 2]
-    w10, w11, w12 = weight[1, 0], weight[1, 1], weight[1, 2]
-    w20, w21, w22 = weight[2, 0], weight[2, 1], weight[2, 2]
     for i in prange(out_h):
         top = stride * i - 1
-        for j in range(out_w):
-            acc = out[i, j]
-            left = stride * j - 1
-            if top >= 0 and top + 2 < height and left >= 0 and left + 2 < width:
-                x00, x01, x02 = x[top, left], x[top, left + 1], x[top, left + 2]
-                x10, x11, x12 = x[top + 1, left], x[top + 1, left + 1], x[top + 1, left + 2]
-                x20, x21, x22 = x[top + 2, left], x[top + 2, left + 1], x[top + 2, left + 2]
-                for c in range(channels):
-                    value = bias[c]
-                    value += x00[c] * w00[c]
-                    value += x01[c] * w01[c]
-                    value += x02[c] * w02[c]
-                    value += x10[c] * w10[c]
-                    value += x11[c] * w11[c]
-                    value += x12[c] * w12[c]
-                    value += x20[c] * w20[c]
-                    value += x21[c] * w21[c]
-                    value += x22[c] * w22[c]
-                    acc[c] = value
-                continue
-            acc[:] = bias
-            for di in range(3):
-                row = stride * i + di - 1
-                if row < 0 or row >= height:
-                    continue
-                for dj in range(3):
-                    col = stride * j + dj - 1
-                    if col < 0 or col >= width:
-                        continue
-                    for c in range(channels):
-                        acc[c] += x[row, col, c] * weight[di, dj, c]
+        _depthwise_row(
+            x[max(top, 0)], x[top + 1], x[min(top + 2, height - 1)], top >= 0, top + 2 < height,
+            out[i], weight, bias, stride,
+        )
         if apply_gelu:
-            exponent_bits = np.empty(_GELU_CHUNK, dtype=np.int32)
-            tail = np.empty(_GELU_CHUNK, dtype=np.float32)
-            for start in range(i * row_size, (i + 1) * row_size, _GELU_CHUNK):
-                _gelu_span(flat, start, min(start + _GELU_CHUNK, (i + 1) * row_size), exponent_bits, tail)
+            _gelu_row(out[i], np.empty(_GELU_CHUNK, dtype=np.int32), np.empty(_GELU_CHUNK, dtype=np.float32))
+    return out
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
+def gelu_depthwise_conv3x3(x, input_bias, weight, bias, stride, apply_gelu):
+    """Return the depthwise 3x3 convolution, as `depthwise_conv3x3` computes it, of GELU(x + input_bias) for an (H, W, C) x.
+
+    x is the raw output of the preceding 1x1 convolution's GEMM, and `input_bias` (C,) its bias. Each
+    thread works on a band of output rows and activates the input rows it needs into a ring of three
+    rows, so the activated image is never written out and read back. Rows at band edges are activated
+    by both neighbouring bands, with the same result.
+    """
+    height, width, channels = x.shape
+    out_h = (height - 1) // stride + 1
+    out_w = (width - 1) // stride + 1
+    out = np.empty((out_h, out_w, channels), dtype=np.float32)
+    bands = min(out_h, 8)
+    for band in prange(bands):
+        first = band * out_h // bands
+        last = (band + 1) * out_h // bands
+        ring = np.empty((3, width, channels), dtype=np.float32)
+        exponent_bits = np.empty(_GELU_CHUNK, dtype=np.int32)
+        tail = np.empty(_GELU_CHUNK, dtype=np.float32)
+        next_row = max(stride * first - 1, 0)  # the next input row to activate
+        for i in range(first, last):
+            top = stride * i - 1
+            while next_row <= min(top + 2, height - 1):
+                slot = ring[next_row % 3]
+                source = x[next_row]
+                for p in range(width):
+                    for c in range(channels):
+                        slot[p, c] = source[p, c] + input_bias[c]
+                _gelu_row(slot, exponent_bits, tail)
+                next_row += 1
+            _depthwise_row(
+                ring[max(top, 0) % 3], ring[(top + 1) % 3], ring[min(top + 2, height - 1) % 3],
+                top >= 0, top + 2 < height, out[i], weight, bias, stride,
+            )
+            if apply_gelu:
+                _gelu_row(out[i], exponent_bits, tail)
     return out
 
 

@@ -179,6 +179,25 @@ def test_depthwise_conv3x3_matches_numpy(height, width, stride, apply_gelu):
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
+# Heights below and above the kernel's 8 bands, odd sizes and both strides.
+@pytest.mark.parametrize("height, width, stride", [(9, 7, 1), (8, 8, 2), (7, 10, 2), (1, 5, 1), (37, 11, 1), (30, 6, 2)])
+@pytest.mark.parametrize("apply_gelu", [False, True])
+def test_gelu_depthwise_equals_separate_passes(height, width, stride, apply_gelu):
+    rng = np.random.default_rng(height * 10 + width + stride)
+    channels = 24
+    x = rng.normal(0.0, 1.0, (height, width, channels)).astype(np.float32)
+    input_bias = rng.normal(0.0, 1.0, channels).astype(np.float32)
+    weight = rng.normal(0.0, 1.0, (3, 3, channels)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, channels).astype(np.float32)
+    out = kernels.gelu_depthwise_conv3x3(x, input_bias, weight, bias, stride, apply_gelu)
+
+    activated = x.reshape(-1, channels).copy()
+    kernels.bias_gelu_inplace(activated, input_bias, np.empty((0, channels), np.float32))
+    expected = kernels.depthwise_conv3x3(activated.reshape(x.shape), weight, bias, stride, apply_gelu)
+    assert out.shape == expected.shape
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_serial_kernels_equal_parallel_ones():
     rng = np.random.default_rng(9)
     x = rng.normal(0.0, 3.0, (300, 7)).astype(np.float32)
