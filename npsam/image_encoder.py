@@ -30,16 +30,13 @@ def conv1x1(x, conv, apply_gelu=False, residual=None):
     """
     shape = x.shape
     out = x.reshape(-1, shape[-1]) @ conv["weight"]
+    residual = _NO_RESIDUAL if residual is None else np.ascontiguousarray(residual).reshape(out.shape)
     if apply_gelu:
-        residual = _NO_RESIDUAL if residual is None else residual.reshape(out.shape)
         kernels.bias_gelu_inplace(out, conv["bias"], residual)
-    elif residual is not None and "bias" in conv:
-        kernels.bias_residual_inplace(out, conv["bias"], np.ascontiguousarray(residual).reshape(out.shape))
-    else:
-        if "bias" in conv:
-            out += conv["bias"]
-        if residual is not None:
-            out += residual.reshape(out.shape)
+    elif "bias" in conv:
+        kernels.bias_residual_inplace(out, conv["bias"], residual)
+    elif residual.size:
+        out += residual
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
@@ -89,23 +86,24 @@ def window_attention(x, attn, num_heads, window, residual=None):
     """
     height, width, channels = x.shape
     normed = kernels.layer_norm(x.reshape(-1, channels), attn["norm"]["weight"], attn["norm"]["bias"], TOKEN_LN_EPS)
-    qkv = conv1x1(normed, attn["qkv"]).reshape(height, width, 3 * channels)
-    out = attend_in_windows(qkv, attn["padding_qkv"], attn["attention_bias"], window, num_heads)
+    qkv = gemm_only(normed, attn["qkv"]).reshape(height, width, 3 * channels)  # the bias is added in attend_in_windows
+    out = attend_in_windows(qkv, attn["qkv"]["bias"], attn["padding_qkv"], attn["attention_bias"], window, num_heads)
     return conv1x1(out, attn["proj"], residual=residual)
 
 
-def attend_in_windows(qkv, padding_qkv, attention_bias, window, num_heads):
+def attend_in_windows(qkv, qkv_bias, padding_qkv, attention_bias, window, num_heads):
     """Run multi-head attention inside the windows of an (H, W, 3C) qkv grid and return (H, W, C), heads concatenated.
 
-    The grid is padded at the bottom and right to multiples of `window` with tokens whose projection is
-    `padding_qkv` (3C,); they take part as keys and values, and only the real tokens are returned.
+    qkv lacks the projection's bias `qkv_bias` (3C,), which the gather adds. The grid is padded at the
+    bottom and right to multiples of `window` with tokens whose projection, bias included, is
+    `padding_qkv` (3C,). They take part as keys and values, and only the real tokens are returned.
     attention_bias (heads, N, N), with N = window**2, is added after scaling by 1 / sqrt(head dim).
     """
     height, width, _ = qkv.shape
     head_dim = qkv.shape[2] // (3 * num_heads)
     padding_qkv = np.array(padding_qkv, dtype=np.float32)  # writeable, so that the kernel's argument types match
     # Windows and heads form one stack of small products, shared between threads by blas.stacked_matmul.
-    q, k_t, v = kernels.gather_windows(qkv, padding_qkv, window, num_heads, head_dim)  # (B, N, d), (B, d, N), (B, N, d)
+    q, k_t, v = kernels.gather_windows(qkv, qkv_bias, padding_qkv, window, num_heads, head_dim)  # (B, N, d), (B, d, N), (B, N, d)
     weights = blas.stacked_matmul(q, k_t)  # (B, N, N)
     kernels.window_softmax_inplace(weights, attention_bias, num_heads, np.float32(head_dim**-0.5))
     windows = blas.stacked_matmul(weights, v)  # (B, N, d)

@@ -132,13 +132,21 @@ def bias_gelu_inplace(x, bias, residual):
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def bias_residual_inplace(x, bias, residual):
-    """Replace each row of a contiguous (rows, C) float32 array with (row + bias) + residual row, in one pass."""
+    """Replace each row of a contiguous (rows, C) float32 array with (row + bias) + residual row, in one pass.
+
+    `residual` is a (rows, C) array, or a (0, C) array for none: then each row becomes row + bias.
+    """
     rows, channels = x.shape
+    with_residual = residual.shape[0] == rows
     for r in prange(rows):
         row = x[r]
-        added = residual[r]
-        for c in range(channels):
-            row[c] = (row[c] + bias[c]) + added[c]
+        if with_residual:
+            added = residual[r]
+            for c in range(channels):
+                row[c] = (row[c] + bias[c]) + added[c]
+        else:
+            for c in range(channels):
+                row[c] = row[c] + bias[c]
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
@@ -494,13 +502,14 @@ def softmax_inplace_serial(x):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def gather_windows(qkv, padding_qkv, window, num_heads, head_dim):
+def gather_windows(qkv, qkv_bias, padding_qkv, window, num_heads, head_dim):
     """Split a token grid's qkv projections into per-window, per-head q, k^T and v for batched GEMMs.
 
-    qkv: (H, W, 3C), with the channels of each head laid out as [q | k | v], head after head. The grid is
-    padded at the bottom and right to multiples of `window` with tokens whose projection is
-    `padding_qkv` (3C,), so the padded grid is never stored. Returns q (B, N, d), k^T (B, d, N) and
-    v (B, N, d), with N = window**2 tokens and B = windows x heads ordered window-major, heads inner.
+    qkv: (H, W, 3C) projections without their bias `qkv_bias` (3C,), which is added here, with the
+    channels of each head laid out as [q | k | v], head after head. The grid is padded at the bottom
+    and right to multiples of `window` with tokens whose projection, bias included, is `padding_qkv`
+    (3C,), so the padded grid is never stored. Returns q (B, N, d), k^T (B, d, N) and v (B, N, d), with
+    N = window**2 tokens and B = windows x heads ordered window-major, heads inner.
     """
     height, width, _ = qkv.shape
     tokens = window * window
@@ -518,15 +527,22 @@ def gather_windows(qkv, padding_qkv, window, num_heads, head_dim):
         task_q = q[task]
         task_k_t = k_t[task]
         task_v = v[task]
+        head_bias = qkv_bias[base : base + 3 * head_dim]
         for t in range(tokens):
             row = top + t // window
             col = left + t % window
-            token = qkv[row, col] if row < height and col < width else padding_qkv
-            source = token[base : base + 3 * head_dim]  # a slice: Numba checks computed indices for wraparound
-            for c in range(head_dim):
-                task_q[t, c] = source[c]
-                task_k_t[c, t] = source[head_dim + c]
-                task_v[t, c] = source[2 * head_dim + c]
+            if row < height and col < width:
+                source = qkv[row, col, base : base + 3 * head_dim]  # a slice: Numba checks computed indices for wraparound
+                for c in range(head_dim):
+                    task_q[t, c] = source[c] + head_bias[c]
+                    task_k_t[c, t] = source[head_dim + c] + head_bias[head_dim + c]
+                    task_v[t, c] = source[2 * head_dim + c] + head_bias[2 * head_dim + c]
+            else:
+                source = padding_qkv[base : base + 3 * head_dim]
+                for c in range(head_dim):
+                    task_q[t, c] = source[c]
+                    task_k_t[c, t] = source[head_dim + c]
+                    task_v[t, c] = source[2 * head_dim + c]
     return q, k_t, v
 
 

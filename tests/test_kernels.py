@@ -14,12 +14,13 @@ GRIDS = [(14, 7, 7, 2), (12, 10, 7, 3), (16, 16, 14, 1), (5, 9, 7, 2), (28, 20, 
 
 
 def random_inputs(height, width, window, heads, head_dim, seed):
-    """Return qkv (H, W, 3C), the padding tokens' qkv (3C,) and an attention bias (heads, N, N)."""
+    """Return qkv (H, W, 3C) without its bias, the qkv bias (3C,), the padding tokens' qkv (3C,) and an attention bias (heads, N, N)."""
     rng = np.random.default_rng(seed)
     qkv = rng.normal(0.0, 1.0, (height, width, 3 * heads * head_dim)).astype(np.float32)
+    qkv_bias = rng.normal(0.0, 1.0, 3 * heads * head_dim).astype(np.float32)
     padding_qkv = rng.normal(0.0, 1.0, 3 * heads * head_dim).astype(np.float32)
     bias = rng.normal(0.0, 2.0, (heads, window * window, window * window)).astype(np.float32)
-    return qkv, padding_qkv, bias
+    return qkv, qkv_bias, padding_qkv, bias
 
 
 def numpy_window_attention(qkv, padding_qkv, bias, window, heads, head_dim, scale):
@@ -47,9 +48,9 @@ def numpy_window_attention(qkv, padding_qkv, bias, window, heads, head_dim, scal
 @pytest.mark.parametrize("height, width, window, heads", GRIDS)
 @pytest.mark.parametrize("head_dim", [32, 8])
 def test_window_attention_matches_numpy(height, width, window, heads, head_dim):
-    qkv, padding_qkv, bias = random_inputs(height, width, window, heads, head_dim, seed=height * 100 + width)
-    out = attend_in_windows(qkv, padding_qkv, bias, window, heads)
-    expected = numpy_window_attention(qkv, padding_qkv, bias, window, heads, head_dim, head_dim**-0.5)
+    qkv, qkv_bias, padding_qkv, bias = random_inputs(height, width, window, heads, head_dim, seed=height * 100 + width)
+    out = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
+    expected = numpy_window_attention(qkv + qkv_bias, padding_qkv, bias, window, heads, head_dim, head_dim**-0.5)
     assert out.shape == (height, width, heads * head_dim)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
@@ -58,11 +59,11 @@ def test_window_attention_matches_numpy(height, width, window, heads, head_dim):
 def test_window_change_stays_in_window():
     """Changing one key of one head in one window changes exactly that window's outputs of that head."""
     height, width, window, heads = 12, 10, 7, 3
-    qkv, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=7)
-    before = attend_in_windows(qkv, padding_qkv, bias, window, heads)
+    qkv, qkv_bias, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=7)
+    before = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
     changed = qkv.copy()
     changed[8, 3, 1 * 96 + 32 + 5] += 3.0  # head 1, key channel 5 of token (8, 3): window (1, 0)
-    after = attend_in_windows(changed, padding_qkv, bias, window, heads)
+    after = attend_in_windows(changed, qkv_bias, padding_qkv, bias, window, heads)
     differs = np.any(after != before, axis=-1)
     expected_window = np.zeros((height, width), dtype=bool)
     expected_window[7:14, 0:7] = True
@@ -73,11 +74,11 @@ def test_window_change_stays_in_window():
 
 def test_padding_reaches_edge_windows_only():
     height, width, window, heads = 12, 10, 7, 2  # padded to 14 x 14: only window (0, 0) has no padding
-    qkv, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=11)
-    before = attend_in_windows(qkv, padding_qkv, bias, window, heads)
+    qkv, qkv_bias, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=11)
+    before = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
     changed = padding_qkv.copy()
     changed[32 + 3] += 3.0  # key channel 3 of head 0
-    after = attend_in_windows(qkv, changed, bias, window, heads)
+    after = attend_in_windows(qkv, qkv_bias, changed, bias, window, heads)
     differs = np.any(after[..., :32] != before[..., :32], axis=-1)
     expected = np.ones((height, width), dtype=bool)
     expected[:7, :7] = False
@@ -133,6 +134,15 @@ def test_bias_residual_inplace_equals_numpy():
     residual = rng.normal(0.0, 1.0, (33, 40)).astype(np.float32)
     expected = residual + (x + bias)
     kernels.bias_residual_inplace(x, bias, residual)
+    np.testing.assert_array_equal(x, expected)
+
+
+def test_bias_inplace_without_residual_equals_numpy():
+    rng = np.random.default_rng(6)
+    x = rng.normal(0.0, 1.0, (33, 40)).astype(np.float32)
+    bias = rng.normal(0.0, 1.0, 40).astype(np.float32)
+    expected = x + bias
+    kernels.bias_residual_inplace(x, bias, np.empty((0, 40), np.float32))
     np.testing.assert_array_equal(x, expected)
 
 
