@@ -135,13 +135,7 @@ def neck(x, weights):
     x = kernels.layer_norm(x.reshape(-1, channels), weights["1"]["weight"], weights["1"]["bias"], NECK_LN_EPS)
 
     # 3x3 convolution as one GEMM over the (H*W, 9*C) patch matrix.
-    padded = np.zeros((height + 2, width + 2, channels), dtype=np.float32)
-    padded[1:-1, 1:-1] = x.reshape(height, width, channels)
-    patches = np.empty((height, width, 3, 3, channels), dtype=np.float32)
-    for di in range(3):
-        for dj in range(3):
-            patches[:, :, di, dj] = padded[di : di + height, dj : dj + width]
-    x = patches.reshape(height * width, 9 * channels) @ weights["2"]["weight"]
+    x = kernels.patches3x3(x.reshape(height, width, channels)) @ weights["2"]["weight"]
 
     x = kernels.layer_norm(x, weights["3"]["weight"], weights["3"]["bias"], NECK_LN_EPS)
     return x.reshape(height, width, channels)

@@ -307,6 +307,30 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
     return out
 
 
+@njit(cache=True, parallel=True, error_model="numpy")
+def patches3x3(x):
+    """Return the (H*W, 9*C) patch matrix of a 3x3 convolution with zero padding 1 of an (H, W, C) image.
+
+    Row i*W + j holds the nine neighbours of pixel (i, j), ordered (di, dj) row by row, each as C
+    channels. Neighbours outside the image are zeros.
+    """
+    height, width, channels = x.shape
+    out = np.empty((height * width, 9 * channels), dtype=np.float32)
+    for i in prange(height):
+        for j in range(width):
+            row = out[i * width + j]
+            for di in range(3):
+                for dj in range(3):
+                    target = row[(3 * di + dj) * channels : (3 * di + dj + 1) * channels]
+                    y = i + di - 1
+                    x_col = j + dj - 1
+                    if 0 <= y < height and 0 <= x_col < width:
+                        target[:] = x[y, x_col]
+                    else:
+                        target[:] = 0.0
+    return out
+
+
 @njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
 def gelu_depthwise_conv3x3(x, input_bias, weight, bias, stride, apply_gelu):
     """Return the depthwise 3x3 convolution, as `depthwise_conv3x3` computes it, of GELU(x + input_bias) for an (H, W, C) x.

@@ -208,6 +208,17 @@ def test_gelu_depthwise_equals_separate_passes(height, width, stride, apply_gelu
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("height, width", [(5, 4), (1, 1), (3, 7)])
+def test_patches3x3_matches_padded_slices(height, width):
+    rng = np.random.default_rng(height + 10 * width)
+    channels = 6
+    x = rng.normal(0.0, 1.0, (height, width, channels)).astype(np.float32)
+    padded = np.zeros((height + 2, width + 2, channels), dtype=np.float32)
+    padded[1:-1, 1:-1] = x
+    expected = np.stack([padded[di : di + height, dj : dj + width] for di in range(3) for dj in range(3)], axis=2)
+    np.testing.assert_array_equal(kernels.patches3x3(x), expected.reshape(height * width, 9 * channels))
+
+
 def test_serial_kernels_equal_parallel_ones():
     rng = np.random.default_rng(9)
     x = rng.normal(0.0, 3.0, (300, 7)).astype(np.float32)
