@@ -178,4 +178,5 @@ def encode_image(input_image: np.ndarray, params, config: ModelConfig) -> np.nda
 
     for _, x in encoder_stages(image, params, config):
         pass
-    return np.ascontiguousarray(x.transpose(2, 0, 1))[None]  # (1, 256, S/4, S/4)
+    height, width, channels = x.shape
+    return kernels.transpose2d(x.reshape(-1, channels)).reshape(1, channels, height, width)  # (1, 256, S/4, S/4)

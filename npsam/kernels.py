@@ -308,10 +308,30 @@ def depthwise_conv3x3(x, weight, bias, stride, apply_gelu):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
+def transpose2d(x):
+    """Return the transpose of a 2D float32 array as a new contiguous array.
+
+    Each task copies 16 source columns, so it reads whole 64-byte cache lines and writes 16 rows in
+    order. NumPy's copy of a transposed (4096, 256) view took about 7 ms.
+    """
+    rows, columns = x.shape
+    out = np.empty((columns, rows), dtype=np.float32)
+    block = 16
+    for first in prange((columns + block - 1) // block):
+        start = first * block
+        stop = min(start + block, columns)
+        for r in range(rows):
+            source = x[r]
+            for c in range(start, stop):
+                out[c, r] = source[c]
+    return out
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
 def patches3x3(x):
     """Return the (H*W, 9*C) patch matrix of a 3x3 convolution with zero padding 1 of an (H, W, C) image.
 
-    Row i*W + j holds the nine neighbours of pixel (i, j), ordered (di, dj) row by row, each as C
+    Row i*W + j contains the nine neighbours of pixel (i, j), ordered (di, dj) row by row, each as C
     channels. Neighbours outside the image are zeros.
     """
     height, width, channels = x.shape

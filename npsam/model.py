@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npsam import image_encoder, mask_decoder, prompt_encoder, transformer
+from npsam import image_encoder, kernels, mask_decoder, prompt_encoder, transformer
 from npsam.config import ModelConfig
 
 __all__ = ["Model", "load_model", "derive_parameters", "DECODE_BATCH_SIZE"]
@@ -313,9 +313,9 @@ class Model:
                 f"image_embeddings must be float32 of shape {expected}, got {image_embeddings.dtype} "
                 f"{image_embeddings.shape}; pass the output of Model.encode"
             )
-        tokens = image_embeddings[0].reshape(self.config.prompt_embed_dim, -1).T  # (L, E)
+        image_tokens = kernels.transpose2d(np.ascontiguousarray(image_embeddings[0]).reshape(self.config.prompt_embed_dim, -1))  # (L, E)
         prompt = self.params["prompt_encoder"]
-        image_tokens = np.ascontiguousarray(tokens + prompt["no_mask_embed"])
+        image_tokens += prompt["no_mask_embed"]
         return transformer.prepare_image_side(
             image_tokens, prompt["dense_pe"], self.params["mask_decoder"]["transformer"], self.config.decoder_num_heads
         )

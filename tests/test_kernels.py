@@ -219,6 +219,14 @@ def test_patches3x3_matches_padded_slices(height, width):
     np.testing.assert_array_equal(kernels.patches3x3(x), expected.reshape(height * width, 9 * channels))
 
 
+@pytest.mark.parametrize("rows, columns", [(4096, 256), (7, 33), (1, 1), (40, 16)])
+def test_transpose2d_equals_numpy(rows, columns):
+    x = np.random.default_rng(rows).normal(0.0, 1.0, (rows, columns)).astype(np.float32)
+    out = kernels.transpose2d(x)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, x.T)
+
+
 def test_serial_kernels_equal_parallel_ones():
     rng = np.random.default_rng(9)
     x = rng.normal(0.0, 3.0, (300, 7)).astype(np.float32)
