@@ -6,10 +6,12 @@ to BLAS one at a time. Measured on the 2-core development machine, splitting a 4
 two threads nearly halved its time, so OpenBLAS runs those products on one thread. The 196-token
 products took 1.3 to 2.5 times longer with npsam's OPENBLAS_THREAD_TIMEOUT=4 (see npsam/__init__.py)
 than with OpenBLAS's default, which fits OpenBLAS waking its sleeping threads for each product.
-`stacked_matmul` instead sets OpenBLAS to one thread for the duration of the call and splits the stack
-between Python threads, which run in parallel because NumPy releases the GIL inside matmul. The
-results equal np.matmul's bit for bit in the tests; only the scheduling changes. benchmarks/README.md
-gives the effect on the encoder.
+`run_split` instead sets OpenBLAS to one thread for the duration of the call and splits the work
+between Python threads, which run in parallel because NumPy releases the GIL inside matmul (and npsam's
+`nogil` kernels do too). The window attention runs its products and softmax this way, each thread on
+its own windows, and `stacked_matmul` is the same for a plain stack of products. The results equal
+np.matmul's bit for bit in the tests; only the scheduling changes. benchmarks/README.md gives the
+effect on the encoder.
 
 This needs the OpenBLAS that NumPy loaded and its thread-count functions, found through the process's
 memory map (Linux only). Elsewhere, with another BLAS, or with `NPSAM_SPLIT_PRODUCTS=0` in the
@@ -29,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["stacked_matmul", "openblas_threads", "OPT_OUT_VARIABLE"]
+__all__ = ["stacked_matmul", "run_split", "split_threads", "openblas_threads", "OPT_OUT_VARIABLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,31 +116,49 @@ def _pool_and_lock(workers: int):
         return _state["pool"], _state["lock"]
 
 
+def split_threads() -> int:
+    """Return how many threads `run_split` uses: OpenBLAS's thread count, or 1 without a usable OpenBLAS."""
+    blas = openblas_threads()
+    return blas.get() if blas is not None else 1
+
+
+def run_split(function, count: int) -> None:
+    """Call function(start, stop) on `split_threads()` threads for parts of range(count), OpenBLAS on one thread.
+
+    `function` must release the GIL for most of its work (NumPy's matmul and `nogil` kernels do) and
+    write only its own part of any output. OpenBLAS gets its thread count back afterwards. With one
+    thread, function(0, count) runs on the calling thread.
+    """
+    blas = openblas_threads()
+    threads = blas.get() if blas is not None else 1
+    parts = min(threads, count)
+    if parts < 2:
+        function(0, count)
+        return
+    bounds = [count * part // parts for part in range(parts + 1)]
+    pool, lock = _pool_and_lock(parts - 1)
+    # The lock keeps concurrent callers from restoring each other's thread count too early.
+    with lock:
+        blas.set(1)
+        try:
+            futures = [pool.submit(function, start, stop) for start, stop in zip(bounds[1:-1], bounds[2:])]
+            function(bounds[0], bounds[1])
+            for future in futures:
+                future.result()
+        finally:
+            blas.set(threads)
+
+
 def stacked_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return the stacked product a @ b of (B, M, K) and (B, K, N) float32 arrays, as np.matmul does.
 
     With OpenBLAS set to T > 1 threads, the B products are split into T parts that run on T threads,
     each product on one OpenBLAS thread. OpenBLAS gets its T threads back afterwards.
     """
-    blas = openblas_threads()
-    threads = blas.get() if blas is not None else 1
-    parts = min(threads, a.shape[0])
-    if parts < 2:
-        return np.matmul(a, b)
     out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
-    bounds = [a.shape[0] * part // parts for part in range(parts + 1)]
-    pool, lock = _pool_and_lock(parts - 1)
-    # The lock keeps concurrent callers from restoring each other's thread count too early.
-    with lock:
-        blas.set(1)
-        try:
-            futures = [
-                pool.submit(np.matmul, a[start:stop], b[start:stop], out=out[start:stop])
-                for start, stop in zip(bounds[1:-1], bounds[2:])
-            ]
-            np.matmul(a[: bounds[1]], b[: bounds[1]], out=out[: bounds[1]])
-            for future in futures:
-                future.result()
-        finally:
-            blas.set(threads)
+
+    def multiply(start, stop):
+        np.matmul(a[start:stop], b[start:stop], out=out[start:stop])
+
+    run_split(multiply, a.shape[0])
     return out

@@ -20,6 +20,8 @@ NECK_LN_EPS = 1e-6  # SAM's LayerNorm2d in the neck
 
 
 _NO_RESIDUAL = np.empty((0, 0), dtype=np.float32)
+# Logits per chunk of window attention: 1 MiB keeps a chunk with its q, k and v in a 2-4 MiB L2 cache.
+ATTENTION_CHUNK_BYTES = 1 << 20
 
 
 def conv1x1(x, conv, apply_gelu=False, residual=None):
@@ -102,11 +104,31 @@ def attend_in_windows(qkv, qkv_bias, padding_qkv, attention_bias, window, num_he
     height, width, _ = qkv.shape
     head_dim = qkv.shape[2] // (3 * num_heads)
     padding_qkv = np.array(padding_qkv, dtype=np.float32)  # writeable, so that the kernel's argument types match
-    # Windows and heads form one stack of small products, shared between threads by blas.stacked_matmul.
     q, k_t, v = kernels.gather_windows(qkv, qkv_bias, padding_qkv, window, num_heads, head_dim)  # (B, N, d), (B, d, N), (B, N, d)
-    weights = blas.stacked_matmul(q, k_t)  # (B, N, N)
-    kernels.window_softmax_inplace(weights, attention_bias, num_heads, np.float32(head_dim**-0.5))
-    windows = blas.stacked_matmul(weights, v)  # (B, N, d)
+    scale = np.float32(head_dim**-0.5)
+    batch, tokens, _ = q.shape
+    windows = np.empty_like(q)  # (B, N, d)
+    if blas.split_threads() < 2:
+        # Without a usable OpenBLAS: stacked products for all windows and heads, softmax on all cores.
+        weights = np.matmul(q, k_t)  # (B, N, N)
+        kernels.window_softmax_inplace(weights, attention_bias, num_heads, scale)
+        np.matmul(weights, v, out=windows)
+        return kernels.scatter_windows(windows, height, width, window, num_heads)
+
+    # Each thread takes a share of the windows and heads and runs them in chunks of about
+    # ATTENTION_CHUNK_BYTES of logits, so that products and softmax stay in the core's cache.
+    chunk = max(1, ATTENTION_CHUNK_BYTES // (tokens * tokens * 4))
+
+    def attend(start, stop):
+        weights = np.empty((min(chunk, stop - start), tokens, tokens), dtype=np.float32)
+        for first in range(start, stop, chunk):
+            last = min(first + chunk, stop)
+            part = weights[: last - first]
+            np.matmul(q[first:last], k_t[first:last], out=part)
+            kernels.window_softmax_serial(part, attention_bias, num_heads, scale, first)
+            np.matmul(part, v[first:last], out=windows[first:last])
+
+    blas.run_split(attend, batch)
     return kernels.scatter_windows(windows, height, width, window, num_heads)
 
 

@@ -590,6 +590,24 @@ def gather_windows(qkv, qkv_bias, padding_qkv, window, num_heads, head_dim):
     return q, k_t, v
 
 
+@njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _window_softmax_item(logits, bias, scale, exponent_bits):
+    """Turn one (N, N) window's logits into softmax(logits * scale + bias) over each row, in place."""
+    tokens = logits.shape[0]
+    for i in range(tokens):
+        values = logits[i]
+        row_bias = bias[i]
+        for j in range(tokens):
+            values[j] = values[j] * scale + row_bias[j]
+        max_logit = _max_of(values)
+        for j in range(tokens):
+            values[j] -= max_logit
+        _exp_nonpositive_span(values, 0, tokens, exponent_bits)
+        inverse = np.float32(1.0) / _sum_of(values)
+        for j in range(tokens):
+            values[j] *= inverse
+
+
 @njit(cache=True, parallel=True, fastmath={"contract"}, error_model="numpy")
 def window_softmax_inplace(logits, attention_bias, num_heads, scale):
     """Turn (B, N, N) window attention logits q k^T into softmax(q k^T * scale + bias) over the last axis.
@@ -599,20 +617,18 @@ def window_softmax_inplace(logits, attention_bias, num_heads, scale):
     """
     batch, tokens, _ = logits.shape
     for task in prange(batch):
-        bias = attention_bias[task % num_heads]
         exponent_bits = np.empty(tokens, dtype=np.int32)
-        for i in range(tokens):
-            values = logits[task, i]
-            row_bias = bias[i]
-            for j in range(tokens):
-                values[j] = values[j] * scale + row_bias[j]
-            max_logit = _max_of(values)
-            for j in range(tokens):
-                values[j] -= max_logit
-            _exp_nonpositive_span(values, 0, tokens, exponent_bits)
-            inverse = np.float32(1.0) / _sum_of(values)
-            for j in range(tokens):
-                values[j] *= inverse
+        _window_softmax_item(logits[task], attention_bias[task % num_heads], scale, exponent_bits)
+
+
+@njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def window_softmax_serial(logits, attention_bias, num_heads, scale, first_item):
+    """`window_softmax_inplace` on the calling thread, without holding the GIL, for items
+    first_item, first_item + 1, ... of a batch: logits[b] belongs to head (first_item + b) % num_heads."""
+    batch, tokens, _ = logits.shape
+    exponent_bits = np.empty(tokens, dtype=np.int32)
+    for b in range(batch):
+        _window_softmax_item(logits[b], attention_bias[(first_item + b) % num_heads], scale, exponent_bits)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npsam import kernels
+from npsam import blas, image_encoder, kernels
 from npsam.image_encoder import attend_in_windows
 
 # (height, width, window, heads): grids that fill their windows exactly and grids that need padding,
@@ -54,6 +54,27 @@ def test_window_attention_matches_numpy(height, width, window, heads, head_dim):
     assert out.shape == (height, width, heads * head_dim)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-5)
+
+
+# Chunks of 1 and 3 windows-and-heads, so that chunks and threads start at every head offset.
+@pytest.mark.parametrize("chunk_items", [1, 3])
+def test_window_attention_chunks_equal_one_chunk(monkeypatch, chunk_items):
+    height, width, window, heads = 12, 10, 7, 3
+    qkv, qkv_bias, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=21)
+    whole = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
+    monkeypatch.setattr(image_encoder, "ATTENTION_CHUNK_BYTES", chunk_items * (window**4) * 4)
+    chunked = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
+    np.testing.assert_array_equal(chunked, whole)
+
+
+def test_window_attention_without_openblas_threads(monkeypatch):
+    """The path for other BLAS libraries (stacked products, parallel softmax) gives the same result."""
+    height, width, window, heads = 12, 10, 7, 3
+    qkv, qkv_bias, padding_qkv, bias = random_inputs(height, width, window, heads, 32, seed=22)
+    threaded = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
+    monkeypatch.setattr(blas, "split_threads", lambda: 1)
+    single = attend_in_windows(qkv, qkv_bias, padding_qkv, bias, window, heads)
+    np.testing.assert_array_equal(single, threaded)
 
 
 def test_window_change_stays_in_window():
