@@ -154,18 +154,19 @@ def _layer_norm_row(src, dst, weight, bias, eps):
     """Write the layer norm of the float32 row `src` to `dst`.
 
     Mean and variance are accumulated in float64 and the result divides by sqrt(var + eps), which is
-    what both `nn.LayerNorm` and SAM's `LayerNorm2d` compute up to float32 rounding.
+    what both `nn.LayerNorm` and SAM's `LayerNorm2d` compute up to float32 rounding. The sum and the
+    sum of squares are accumulated in one pass: in float64, the variance E[x^2] - mean^2 of float32
+    values loses about log2(mean^2 / var) of its 53 bits, far fewer than float32 rounding removes.
     """
     channels = src.shape[0]
-    mean = 0.0
+    total = 0.0
+    squares = 0.0
     for c in range(channels):
-        mean += src[c]
-    mean /= channels
-    var = 0.0
-    for c in range(channels):
-        d = src[c] - mean
-        var += d * d
-    var /= channels
+        value = np.float64(src[c])
+        total += value
+        squares += value * value
+    mean = total / channels
+    var = max(squares / channels - mean * mean, 0.0)
     inv = 1.0 / math.sqrt(var + eps)
     for c in range(channels):
         dst[c] = np.float32((src[c] - mean) * inv) * weight[c] + bias[c]

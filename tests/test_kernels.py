@@ -107,9 +107,11 @@ def test_padding_reaches_edge_windows_only():
     np.testing.assert_array_equal(after[..., 32:], before[..., 32:])  # head 1 reads its own channels only
 
 
-def test_layer_norm_matches_numpy():
+# Rows far from zero relative to their spread test the one-pass variance for cancellation.
+@pytest.mark.parametrize("mean, spread", [(0.5, 2.0), (1000.0, 0.05), (-300.0, 1.0)])
+def test_layer_norm_matches_numpy(mean, spread):
     rng = np.random.default_rng(3)
-    x = (rng.normal(0.5, 2.0, (37, 96))).astype(np.float32)
+    x = (rng.normal(mean, spread, (37, 96))).astype(np.float32)
     weight = rng.normal(1.0, 0.2, 96).astype(np.float32)
     bias = rng.normal(0.0, 0.2, 96).astype(np.float32)
     out = kernels.layer_norm(x, weight, bias, 1e-5)
