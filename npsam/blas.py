@@ -1,4 +1,4 @@
-"""Stacked matrix products of many small matrices, shared between threads by npsam instead of by OpenBLAS.
+"""Work on many small matrix products, shared between threads by npsam instead of by OpenBLAS.
 
 TinyViT's window attention multiplies one small pair of matrices per window and head: 125 products of
 196x32 by 32x196 in a stage-2 block of LiteMedSAM, 1,444 of 49x32 by 32x49 in stage 1. NumPy hands them
@@ -9,13 +9,13 @@ than with OpenBLAS's default, which fits OpenBLAS waking its sleeping threads fo
 `run_split` instead sets OpenBLAS to one thread for the duration of the call and splits the work
 between Python threads, which run in parallel because NumPy releases the GIL inside matmul (and npsam's
 `nogil` kernels do too). The window attention runs its products and softmax this way, each thread on
-its own windows, and `stacked_matmul` is the same for a plain stack of products. The results equal
-np.matmul's bit for bit in the tests; only the scheduling changes. benchmarks/README.md gives the
-effect on the encoder.
+its own windows. Each product is the same single-threaded BLAS call as before, so the results equal
+np.matmul's bit for bit in the tests. benchmarks/README.md gives the effect on the encoder.
 
 This needs the OpenBLAS that NumPy loaded and its thread-count functions, found through the process's
 memory map (Linux only). Elsewhere, with another BLAS, or with `NPSAM_SPLIT_PRODUCTS=0` in the
-environment when npsam first encodes, `stacked_matmul` is plain `np.matmul`.
+environment when npsam first encodes, `split_threads` returns 1 and the window attention uses NumPy's
+stacked matmul on all of BLAS's threads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["stacked_matmul", "run_split", "split_threads", "openblas_threads", "OPT_OUT_VARIABLE"]
+__all__ = ["run_split", "split_threads", "openblas_threads", "OPT_OUT_VARIABLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,12 @@ _state_lock = threading.Lock()
 
 
 def _pool_and_lock(workers: int):
+    """Return this process's thread pool, with at least `workers` threads, and the lock of `run_split`.
+
+    A smaller pool that a concurrent caller may still be using is replaced but not shut down.
+    """
     with _state_lock:
         if _state["pid"] != os.getpid() or _state["workers"] < workers:
-            if _state["pid"] == os.getpid():
-                _state["pool"].shutdown(wait=False)
             _state.update(
                 pid=os.getpid(),
                 workers=workers,
@@ -119,7 +121,9 @@ def _pool_and_lock(workers: int):
 def split_threads() -> int:
     """Return how many threads `run_split` uses: OpenBLAS's thread count, or 1 without a usable OpenBLAS."""
     blas = openblas_threads()
-    return blas.get() if blas is not None else 1
+    if blas is None:
+        return 1
+    return blas.get()
 
 
 def run_split(function, count: int) -> None:
@@ -129,14 +133,14 @@ def run_split(function, count: int) -> None:
     write only its own part of any output. OpenBLAS gets its thread count back afterwards. With one
     thread, function(0, count) runs on the calling thread.
     """
-    blas = openblas_threads()
-    threads = blas.get() if blas is not None else 1
+    threads = split_threads()
     parts = min(threads, count)
     if parts < 2:
         function(0, count)
         return
     bounds = [count * part // parts for part in range(parts + 1)]
     pool, lock = _pool_and_lock(parts - 1)
+    blas = openblas_threads()
     # The lock keeps concurrent callers from restoring each other's thread count too early.
     with lock:
         blas.set(1)
@@ -148,17 +152,3 @@ def run_split(function, count: int) -> None:
         finally:
             blas.set(threads)
 
-
-def stacked_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Return the stacked product a @ b of (B, M, K) and (B, K, N) float32 arrays, as np.matmul does.
-
-    With OpenBLAS set to T > 1 threads, the B products are split into T parts that run on T threads,
-    each product on one OpenBLAS thread. OpenBLAS gets its T threads back afterwards.
-    """
-    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
-
-    def multiply(start, stop):
-        np.matmul(a[start:stop], b[start:stop], out=out[start:stop])
-
-    run_split(multiply, a.shape[0])
-    return out

@@ -31,7 +31,7 @@ def conv1x1(x, conv, apply_gelu=False, residual=None):
     residual (shaped like the output) and GELU are applied in one pass over the GEMM's output.
     """
     shape = x.shape
-    out = x.reshape(-1, shape[-1]) @ conv["weight"]
+    out = gemm_only(x.reshape(-1, shape[-1]), conv)
     residual = _NO_RESIDUAL if residual is None else np.ascontiguousarray(residual).reshape(out.shape)
     if apply_gelu:
         kernels.bias_gelu_inplace(out, conv["bias"], residual)

@@ -637,8 +637,10 @@ def window_softmax_inplace(logits, attention_bias, num_heads, scale):
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def window_softmax_serial(logits, attention_bias, num_heads, scale, first_item):
-    """`window_softmax_inplace` on the calling thread, without holding the GIL, for items
-    first_item, first_item + 1, ... of a batch: logits[b] belongs to head (first_item + b) % num_heads."""
+    """Run `window_softmax_inplace` on the calling thread, without holding the GIL, on part of a batch.
+
+    logits[b] is batch item first_item + b, so it belongs to head (first_item + b) % num_heads.
+    """
     batch, tokens, _ = logits.shape
     exponent_bits = np.empty(tokens, dtype=np.int32)
     for b in range(batch):
