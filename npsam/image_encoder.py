@@ -22,6 +22,9 @@ NECK_LN_EPS = 1e-6  # SAM's LayerNorm2d in the neck
 _NO_RESIDUAL = np.empty((0, 0), dtype=np.float32)
 # Logits per chunk of window attention: 1 MiB keeps a chunk with its q, k and v in a 2-4 MiB L2 cache.
 ATTENTION_CHUNK_BYTES = 1 << 20
+# Expanded rows per chunk of `expand_depthwise_project`: the chunk, its two halo rows and its depthwise
+# output stay in a 2-4 MiB L2 cache.
+EXPANDED_CHUNK_BYTES = 1 << 20
 
 
 def conv1x1(x, conv, apply_gelu=False, residual=None):
@@ -69,14 +72,72 @@ def patch_embed(image, seq):
 
 def mbconv(x, conv1, conv2, conv3):
     """Inverted residual block of stage 0; the last GELU comes after the residual addition."""
+    if blas.split_threads() >= 2:
+        return expand_depthwise_project(x, conv1, conv2, conv3, 1, residual_gelu=True)
     hidden = gelu_depthwise3x3(gemm_only(x, conv1), conv1, conv2)  # (H, W, 4C): conv1, GELU, conv2, GELU
     return conv1x1(hidden, conv3, apply_gelu=True, residual=x)  # (H, W, C): GELU(conv3 + x)
 
 
 def patch_merging(x, conv1, conv2, conv3, stride):
     """Downsample between stages: 1x1 conv, GELU, depthwise 3x3 with `stride`, GELU, 1x1 conv (no activation)."""
+    if blas.split_threads() >= 2:
+        return expand_depthwise_project(x, conv1, conv2, conv3, stride, residual_gelu=False)
     x = gelu_depthwise3x3(gemm_only(x, conv1), conv1, conv2, stride)  # (H/stride, W/stride, Cout)
     return conv1x1(x, conv3)
+
+
+def expand_depthwise_project(x, conv1, conv2, conv3, stride, residual_gelu):
+    """Run conv1 (1x1), GELU, conv2 (depthwise 3x3, `stride`), GELU, conv3 (1x1) on an (H, W, C) grid, a few rows at a time.
+
+    With `residual_gelu` the result is GELU(conv3 + x), as MBConv ends; otherwise conv3 alone, as
+    PatchMerging ends. `mbconv` and `patch_merging` compute the same values in whole-grid passes,
+    which write the expanded grid (4C channels in stage 0: 64 MiB) to memory and read it back twice.
+    Here each thread of `blas.run_split` takes a band of output rows. It works through the band in
+    chunks of about EXPANDED_CHUNK_BYTES of expanded rows, so that they stay in its cache. For each
+    chunk, OpenBLAS (on one thread) multiplies the input rows by conv1 and a kernel activates them into
+    a ring of rows. Another kernel runs the depthwise convolution on the ring, and OpenBLAS multiplies
+    its output by conv3 straight into the result. The rows above a chunk come from the previous chunk
+    through the ring. At band edges both bands compute them.
+    """
+    height, width, channels = x.shape
+    weight1, weight3 = conv1["weight"], conv3["weight"]
+    expanded, out_channels = weight1.shape[1], weight3.shape[1]
+    out_height, out_width = (height - 1) // stride + 1, (width - 1) // stride + 1
+    if residual_gelu and (stride, out_channels) != (1, channels):
+        raise ValueError(
+            f"residual_gelu needs stride 1 and {channels} output channels, got stride {stride} and "
+            f"{out_channels}; pass residual_gelu=False for a downsampling step"
+        )
+    out = np.empty((out_height, out_width, out_channels), dtype=np.float32)
+    chunk = max(1, EXPANDED_CHUNK_BYTES // (stride * width * expanded * 4))  # output rows per chunk
+    ring_rows = min(stride * chunk + 2, height)  # every input row that one chunk of output rows reads
+    residual = x.reshape(-1, channels) if residual_gelu else _NO_RESIDUAL
+
+    def run_band(first, last):
+        ring = np.empty((ring_rows, width, expanded), dtype=np.float32)  # image row y in ring[(y - origin) % ring_rows]
+        hidden = np.empty((chunk, out_width, expanded), dtype=np.float32)
+        origin = next_row = max(stride * first - 1, 0)
+        for start in range(first, last, chunk):
+            stop = min(start + chunk, last)
+            needed = min(stride * (stop - 1) + 1, height - 1)  # the last input row this chunk reads
+            while next_row <= needed:  # expand and activate the rows not in the ring yet
+                slot = (next_row - origin) % ring_rows
+                count = min(needed + 1 - next_row, ring_rows - slot)
+                rows = ring[slot : slot + count].reshape(-1, expanded)
+                np.matmul(x[next_row : next_row + count].reshape(-1, channels), weight1, out=rows)
+                kernels.bias_gelu_serial(rows, conv1["bias"], _NO_RESIDUAL)
+                next_row += count
+            part = hidden[: stop - start]
+            kernels.depthwise_gelu_rows_serial(ring, origin, height, part, conv2["weight"], conv2["bias"], stride, start)
+            projected = out[start:stop].reshape(-1, out_channels)
+            np.matmul(part.reshape(-1, expanded), weight3, out=projected)
+            if residual_gelu:
+                kernels.bias_gelu_serial(projected, conv3["bias"], residual[start * out_width : stop * out_width])
+            else:
+                kernels.bias_residual_serial(projected, conv3["bias"], _NO_RESIDUAL)
+
+    blas.run_split(run_band, out_height)
+    return out
 
 
 def window_attention(x, attn, num_heads, window, residual=None):
