@@ -218,7 +218,7 @@ def neck(x, weights):
     x = kernels.layer_norm(x.reshape(-1, channels), weights["1"]["weight"], weights["1"]["bias"], NECK_LN_EPS)
 
     # 3x3 convolution as one GEMM over the (H*W, 9*C) patch matrix.
-    x = kernels.patches3x3(x.reshape(height, width, channels)) @ weights["2"]["weight"]
+    x = gemm_only(kernels.patches3x3(x.reshape(height, width, channels)), weights["2"])
 
     x = kernels.layer_norm(x, weights["3"]["weight"], weights["3"]["bias"], NECK_LN_EPS)
     return x.reshape(height, width, channels)
