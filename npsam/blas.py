@@ -10,12 +10,15 @@ than with OpenBLAS's default, which fits OpenBLAS waking its sleeping threads fo
 between Python threads, which run in parallel because NumPy releases the GIL inside matmul (and npsam's
 `nogil` kernels do too). The window attention runs its products and softmax this way, each thread on
 its own windows. Each product is the same single-threaded BLAS call as before, so the results equal
-np.matmul's bit for bit in the tests. benchmarks/README.md gives the effect on the encoder.
+np.matmul's bit for bit in the tests. Stage 0's MBConv blocks and the PatchMerging steps use the same
+threads for bands of rows (`npsam.image_encoder.expand_depthwise_project`). benchmarks/README.md
+gives the effect on the encoder.
 
 This needs the OpenBLAS that NumPy loaded and its thread-count functions, found through the process's
 memory map (Linux only). Elsewhere, with another BLAS, or with `NPSAM_SPLIT_PRODUCTS=0` in the
-environment when npsam first encodes, `split_threads` returns 1 and the window attention uses NumPy's
-stacked matmul on all of BLAS's threads.
+environment when npsam first encodes, `split_threads` returns 1: the window attention then uses
+NumPy's stacked matmul on all of BLAS's threads, and the MBConv and PatchMerging steps run in
+whole-grid passes.
 """
 
 from __future__ import annotations
