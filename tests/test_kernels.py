@@ -285,14 +285,22 @@ def test_expansion_equals_whole_grid_passes(monkeypatch, height, width, stride, 
     else:
         expected = image_encoder.conv1x1(hidden, conv3)
 
+    monkeypatch.setattr(image_encoder, "EXPANDED_CHUNK_BYTES", chunk_bytes)
     if threads > 1:
-        if blas.openblas_threads() is None:
+        # run_split uses OpenBLAS's thread count, so set it for this call and restore it afterwards:
+        # left at 3 on a 2-core machine, it would slow down every later test.
+        found = blas.openblas_threads()
+        if found is None:
             pytest.skip("bands on several threads need NumPy's OpenBLAS")
-        monkeypatch.setattr(blas, "split_threads", lambda: threads)
+        before_count = found.get()
+        found.set(threads)
+        try:
+            out = image_encoder.expand_depthwise_project(x, conv1, conv2, conv3, stride, residual_gelu)
+        finally:
+            found.set(before_count)
     else:
         monkeypatch.setattr(blas, "openblas_threads", lambda: None)
-    monkeypatch.setattr(image_encoder, "EXPANDED_CHUNK_BYTES", chunk_bytes)
-    out = image_encoder.expand_depthwise_project(x, conv1, conv2, conv3, stride, residual_gelu)
+        out = image_encoder.expand_depthwise_project(x, conv1, conv2, conv3, stride, residual_gelu)
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(x, before)
