@@ -145,8 +145,8 @@ def report(model_name: str, runs: int, per_call: dict, per_stage: dict, stages: 
     by_part[UNTIMED] += total - sum(per_call.values())
     lines = [
         f"Encoder of {model_name}, {runs} encodes of one 256x256 slice after 2 warm-up ones: "
-        f"{1000 * total:.0f} ms per encode with the timers. NumPy's OpenBLAS threads for the GEMMs: "
-        f"{blas.split_threads()}.",
+        f"{1000 * total:.0f} ms per encode with the timers. Threads of the split attention and row chunks: "
+        f"{blas.split_threads()} (1 means the whole-grid path without NumPy's OpenBLAS).",
         "",
         "| part of the encoder | ms per encode | share |",
         "|---|---:|---:|",

@@ -111,7 +111,7 @@ def _gelu_span(values):
 
 @njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
 def _bias_gelu_row(row, bias, residual, r):
-    """row = GELU(row + bias [+ residual[r]]); residual is (rows, C), or (0, C) for none."""
+    """Replace `row` with GELU(row + bias [+ residual[r]]). `residual` is (rows, C), or (0, C) for none."""
     channels = row.shape[0]
     if residual.shape[0] > 0:
         added = residual[r]
@@ -136,14 +136,14 @@ def bias_gelu_inplace(x, bias, residual):
 
 @njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def bias_gelu_serial(x, bias, residual):
-    """`bias_gelu_inplace` on the calling thread, without holding the GIL, for a thread's share of rows."""
+    """Run `bias_gelu_inplace` on the calling thread, without holding the GIL, for a thread's share of rows."""
     for r in range(x.shape[0]):
         _bias_gelu_row(x[r], bias, residual, r)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _bias_residual_row(row, bias, residual, r):
-    """row = (row + bias) [+ residual[r]]; residual is (rows, C), or (0, C) for none."""
+    """Replace `row` with (row + bias) [+ residual[r]]. `residual` is (rows, C), or (0, C) for none."""
     channels = row.shape[0]
     if residual.shape[0] > 0:
         added = residual[r]
@@ -166,7 +166,7 @@ def bias_residual_inplace(x, bias, residual):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def bias_residual_serial(x, bias, residual):
-    """`bias_residual_inplace` on the calling thread, without holding the GIL, for a thread's share of rows."""
+    """Run `bias_residual_inplace` on the calling thread, without holding the GIL, for a thread's share of rows."""
     for r in range(x.shape[0]):
         _bias_residual_row(x[r], bias, residual, r)
 

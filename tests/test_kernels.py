@@ -306,6 +306,13 @@ def test_expansion_equals_whole_grid_passes(monkeypatch, height, width, stride, 
     np.testing.assert_array_equal(x, before)
 
 
+def test_expansion_rejects_residual_with_stride():
+    conv1, conv2, conv3 = random_expansion(8, 24, 8, seed=7)
+    x = np.zeros((6, 6, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="residual_gelu=False"):
+        image_encoder.expand_depthwise_project(x, conv1, conv2, conv3, 2, True)
+
+
 def test_expansion_step_depends_on_every_weight():
     """Negative control for the test above: changing any one weight or bias changes the output."""
     conv1, conv2, conv3 = random_expansion(8, 24, 8, seed=5)
